@@ -36,11 +36,13 @@ def main():
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter(template_name="lab")
-    exporter.mathjax_url = ""  # nothing fetched from a CDN
+    exporter.mathjax_url = ""  # nothing fetched from a CDN: pages work offline
+    exporter.require_js_url = ""
     links = []
     for path in sorted(args.nbs.glob("[0-9]*.ipynb")) + sorted(args.nbs.glob("run_*.ipynb")):
         nb = clean(nbformat.read(path, as_version=4))
-        body, _ = exporter.from_notebook_node(nb)
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title_of(nb, path.stem)}})
+        body = re.sub(r'<script src=""\s*>\s*</script>', "", body)  # the emptied CDN loaders
         (args.out/f"{path.stem}.html").write_text(body)
         links.append((path.stem, title_of(nb, path.stem)))
     items = "\n".join(f'<li><a href="{stem}.html">{html.escape(title)}</a> <small>({stem})</small></li>' for stem, title in links)
