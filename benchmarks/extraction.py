@@ -1,7 +1,7 @@
 """Face extraction throughput next to decoding the same frames alone, in one run.
 
 Both sides use the same layout: the videos of a dataset spread over `--workers` processes started the same way,
-one decoder thread each, 32 frames sampled per video with `video.sample_frames` (I/P frames only).
+one decoder thread each, 32 frames sampled per video with `video.sample_frames` (reference frames only).
 The decode-only side stops there; extraction also detects, tracks, crops and writes JPEGs and the index.
 Rounds alternate (decode, extract, decode, extract ...) so that machine noise hits both sides alike;
 the best round of each side is compared.

@@ -1,0 +1,178 @@
+"`deepfake-mlops` end to end: the command line contract, and face extraction on the FaceForensics++ sample."
+from __future__ import annotations
+import inspect, io, json, os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepfake_mlops.faces import VIDEO_META, contact_sheet
+from deepfake_mlops.manifest import COLUMNS, read_manifest, read_manifest_csv
+from helpers import describe, read_csv_text, run_cli, temp_leftovers
+
+FRAMES = 32  # frames sampled per video in the FF++ run
+FACE_SIZE = 224
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+# ---------------------------------------------------------------------------------------------- CLI basics
+
+SUBCOMMANDS = ["weights", "manifest", "extract", "contact-sheet", "demo"]
+
+def test_help_lists_every_subcommand():
+    proc = run_cli("--help")
+    assert proc.returncode == 0, describe(proc)
+    missing = [c for c in SUBCOMMANDS if c not in proc.stdout]
+    assert not missing, f"--help does not mention {missing}:\n{proc.stdout}"
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help(command):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0, describe(proc)
+    assert f"deepfake-mlops {command}" in proc.stdout, proc.stdout
+
+def test_extract_missing_folder_is_a_usage_error(tmp_path):
+    missing, out = tmp_path/"no-such-dataset", tmp_path/"out"
+    proc = run_cli("extract", missing, "--out", out)
+    assert proc.returncode == 2, describe(proc)
+    assert str(missing) in proc.stderr, describe(proc)
+    assert "Traceback" not in proc.stderr, "a usage error must be one line, not a traceback:\n" + proc.stderr
+    assert not out.exists(), "a run refused for bad input must not create the output folder"
+
+def test_extract_without_out_is_a_usage_error(tmp_path):
+    proc = run_cli("extract", tmp_path)
+    assert proc.returncode == 2, describe(proc)
+    assert "--out" in proc.stderr, describe(proc)
+
+# exit 1 means "some videos failed or showed no face"; a run that cannot start must say why and exit 2
+@pytest.mark.parametrize("workers", [
+    1, 2])
+def test_extract_without_weights_says_how_to_get_them(demo_clips, tmp_path, workers):
+    empty_cache = tmp_path/"cache"; empty_cache.mkdir()
+    proc = run_cli("extract", demo_clips, "--out", tmp_path/"out", "--workers", workers,
+                   env={"DEEPFAKE_MLOPS_CACHE": str(empty_cache)})
+    assert proc.returncode == 2, describe(proc)
+    assert "deepfake-mlops weights" in proc.stderr and "Traceback" not in proc.stderr, describe(proc)
+
+def test_extract_out_inside_a_file_is_a_usage_error(demo_clips, tmp_path):
+    (tmp_path/"a-file").write_text("not a folder")
+    out = tmp_path/"a-file"/"out"
+    proc = run_cli("extract", demo_clips, "--out", out)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, describe(proc)
+    assert str(out) in proc.stderr, describe(proc)
+
+def test_manifest_prints_one_csv_row_per_video(ffpp):
+    proc = run_cli("manifest", ffpp)
+    assert proc.returncode == 0, describe(proc)
+    df = pd.read_csv(io.StringIO(proc.stdout), dtype=str, keep_default_na=False)
+    videos_on_disk = sorted(p.relative_to(ffpp).as_posix() for p in ffpp.rglob("*.mp4"))
+    assert list(df.columns) == COLUMNS
+    assert len(df) == len(videos_on_disk) == 68, f"{len(df)} rows for {len(videos_on_disk)} videos"
+    assert sorted(df["relpath"]) == videos_on_disk
+    assert all(Path(p).is_file() for p in df["path"]), "every manifest path must point at the video"
+    expected = np.where(df["relpath"].str.startswith("manipulated_sequences/"), "FAKE", "REAL")
+    assert (df["label"] == expected).all(), df.loc[df["label"] != expected, ["relpath", "label"]]
+
+# ---------------------------------------------------------------------------------------------- FF++ end to end
+
+@pytest.fixture(scope="session")
+def ffpp_run(ffpp, tmp_path_factory):
+    "One `deepfake-mlops extract` of the FF++ sample (about 40 s on 2 cores), shared by the tests below."
+    out = tmp_path_factory.mktemp("ffpp")/"faces"
+    proc = run_cli("extract", ffpp, "--out", out, "--frames", FRAMES, "--workers", 2)
+    return proc, out
+
+@pytest.fixture(scope="session")
+def ffpp_faces(ffpp_run) -> pd.DataFrame:
+    proc, out = ffpp_run
+    assert (out/"faces.csv").is_file(), describe(proc)
+    return read_csv_text(out/"faces.csv")
+
+def test_ffpp_extract_succeeds(ffpp_run, ffpp):
+    proc, out = ffpp_run
+    assert proc.returncode == 0, describe(proc)
+    summary = json.loads((out/"summary.json").read_text())
+    n = len(list(ffpp.rglob("*.mp4")))
+    assert summary["videos"] == summary["processed"] == summary["ok"] == n == 68, summary
+    assert summary["failed"] == summary["no_face"] == summary["skipped"] == 0, summary
+    assert summary["problems"] == []
+    videos = read_csv_text(out/"videos.csv")
+    assert len(videos) == n and set(videos["status"]) == {"ok"}, videos[videos["status"] != "ok"]
+    assert temp_leftovers(out) == []
+
+def test_ffpp_face_rate_from_the_index(ffpp_run, ffpp_faces):
+    _, out = ffpp_run
+    face = ffpp_faces["face"].astype(int)
+    per_frame = face.groupby([ffpp_faces["video_id"], ffpp_faces["frame_index"]]).max()
+    sampled, with_face = len(per_frame), int((per_frame >= 0).sum())
+    assert with_face / sampled >= 0.97, f"faces found in only {with_face} of {sampled} sampled frames"
+    frames_per_video = per_frame.groupby(level="video_id").size()
+    # every FF++ video is hundreds of frames long, so it yields exactly the frames asked for
+    assert (frames_per_video == FRAMES).all(), frames_per_video[frames_per_video != FRAMES]
+    summary = json.loads((out/"summary.json").read_text())
+    assert (summary["frames"], summary["frames_with_face"]) == (sampled, with_face), "summary.json disagrees with faces.csv"
+    assert summary["face_rate"] == pytest.approx(with_face / sampled, abs=1e-4)
+
+def test_ffpp_crops_are_square_jpegs(ffpp_run, ffpp_faces):
+    _, out = ffpp_run
+    crops = ffpp_faces.loc[ffpp_faces["crop_path"] != "", "crop_path"].tolist()
+    assert crops, "no crops listed in faces.csv"
+    missing = [c for c in crops if not (out/c).is_file()]
+    assert not missing, f"{len(missing)} crops listed in faces.csv are missing, e.g. {missing[:3]}"
+    not_jpeg = [c for c in crops if (out/c).read_bytes()[:3] != JPEG_SIGNATURE]
+    assert not not_jpeg, f"not JPEG files: {not_jpeg[:3]}"
+    for c in crops[::max(1, len(crops)//60)]:
+        image = cv2.imread(str(out/c))
+        assert image is not None and image.shape == (FACE_SIZE, FACE_SIZE, 3), (c, None if image is None else image.shape)
+    on_disk = {p.relative_to(out).as_posix() for p in (out/"crops").rglob("*") if p.is_file()}
+    assert on_disk == set(crops), f"crops not in faces.csv: {sorted(on_disk - set(crops))[:3]}"
+    # each face row of the main person has its crop; rows without a face have none
+    no_face = ffpp_faces["face"].astype(int) < 0
+    assert (ffpp_faces.loc[no_face, "crop_path"] == "").all()
+    assert (ffpp_faces.loc[ffpp_faces["main"] == "True", "crop_path"] != "").all()
+
+def test_ffpp_rows_carry_the_manifest_labels(ffpp, ffpp_run, ffpp_faces):
+    _, out = ffpp_run
+    manifest = read_manifest(ffpp)
+    # the manifest (identities, splits) is kept beside the crops
+    pd.testing.assert_frame_equal(read_manifest_csv(out/"manifest.csv"), manifest.astype(str), obj="OUT/manifest.csv")
+    manifest = manifest.set_index("video_id")
+    assert set(ffpp_faces["video_id"]) == set(manifest.index), "every video of the manifest must be in faces.csv"
+    fields = sorted({"relpath", "label", "method", "group", "dataset"} | (set(VIDEO_META) - {"video_id"}))
+    expected = manifest.loc[ffpp_faces["video_id"], fields].reset_index(drop=True)
+    mismatch = (ffpp_faces[fields] != expected).any(axis=1)
+    assert not mismatch.any(), ffpp_faces.loc[mismatch, ["video_id", *fields]].head()
+    fake = ffpp_faces["relpath"].str.startswith("manipulated_sequences/")
+    assert (ffpp_faces.loc[fake, "label"] == "FAKE").all() and (ffpp_faces.loc[~fake, "label"] == "REAL").all()
+    assert (ffpp_faces.loc[~fake, "method"] == "original").all()
+
+def test_ffpp_contact_sheet(ffpp_run, ffpp_faces):
+    _, out = ffpp_run
+    png = out/"contact_sheet.png"
+    assert png.is_file(), "extract draws contact_sheet.png unless --no-contact-sheet"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    image = cv2.imread(str(png))
+    defaults = inspect.signature(contact_sheet).parameters
+    thumb, max_videos = defaults["thumb"].default, defaults["max_videos"].default
+    rows = min(ffpp_faces.loc[ffpp_faces["crop_path"] != "", "video_id"].nunique(), max_videos)
+    assert abs(image.shape[0] - rows * thumb) <= 1, f"{image.shape[0]} px high, expected {rows} rows of {thumb} px"
+
+# ---------------------------------------------------------------------------------------------- output files
+
+@pytest.fixture(scope="module")
+def demo_run(demo_clips, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-run")/"faces"
+    proc = run_cli("extract", demo_clips, "--out", out, "--workers", 1)
+    assert proc.returncode == 0, describe(proc)
+    return out
+
+def test_outputs_are_readable_as_the_umask_allows(demo_run):
+    umask = os.umask(0); os.umask(umask)
+    expected = 0o666 & ~umask
+    files = [demo_run/"faces.csv", demo_run/"videos.csv", demo_run/"summary.json", demo_run/"contact_sheet.png",
+             *sorted((demo_run/"parts").glob("*.csv"))]
+    modes = {f.relative_to(demo_run).as_posix(): oct(f.stat().st_mode & 0o777) for f in files}
+    wrong = {f: m for f, m in modes.items() if m != oct(expected)}
+    assert not wrong, f"expected mode {oct(expected)} (umask {oct(umask)}), got {wrong}"

@@ -1,0 +1,110 @@
+"Training end to end as a user runs it: leak-free splits, distributed launch, kill and resume, and bad input."
+from __future__ import annotations
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from deepfake_mlops.data import split_videos, read_split
+from deepfake_mlops.manifest import read_manifest
+
+from helpers import describe, run_cli
+
+
+def test_no_identity_in_two_splits_on_ffpp(ffpp):
+    manifest = read_manifest(ffpp)
+    split = split_videos(manifest)
+    per_identity = (manifest[["video_id", "identities"]].merge(split, on="video_id")
+                    .assign(identity=lambda d: d["identities"].str.split(";")).explode("identity")
+                    .groupby("identity")["split"].nunique())
+    assert (per_identity == 1).all(), per_identity[per_identity > 1]
+    for s in ("train", "val", "test"):
+        labels = set(manifest.loc[split["split"].eq(s).values, "label"])
+        assert labels == {"REAL", "FAKE"}, (s, labels)
+    # 183_253 and 253_183 (both ways) and every method's fakes of that pair stay together
+    pair = split[manifest["identities"].eq("ffpp:183;ffpp:253").values]
+    assert len(pair) >= 2 and pair["split"].nunique() == 1
+
+
+@pytest.fixture(scope="module")
+def demo_faces(demo_clips, tmp_path_factory):
+    "Face crops of the demo clips (8 frames each)."
+    out = tmp_path_factory.mktemp("faces")/"faces"
+    proc = run_cli("extract", demo_clips, "--out", out, "--frames", 8, "--workers", 2, "--no-contact-sheet")
+    assert proc.returncode == 0, describe(proc)
+    return out
+
+
+def _train_argv(faces, out, *extra):
+    return [sys.executable, "-m", "deepfake_mlops.train", "--train", str(faces), "--model-dir", str(out),
+            "--batch-size", "8", "--crops-per-video", "4", "--workers", "0", *map(str, extra)]
+
+
+def test_distributed_training_with_two_processes(demo_faces, tmp_path):
+    "Launched like SageMaker's torch_distributed (torchrun), two CPU processes train one model over gloo."
+    out = tmp_path/"model"
+    torchrun = Path(sys.executable).parent/"torchrun"
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", *_train_argv(demo_faces, out, "--epochs", 1)[1:]],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, describe(proc)
+    summary = json.loads((out/"train.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs_run"] == 1
+    metrics = pd.read_csv(out/"metrics.csv")
+    assert len(metrics) == 1
+    # both processes drew their share of the epoch's crops
+    assert metrics["images"][0] >= 2 * 8, metrics
+    from deepfake_mlops.model import load_model
+    assert load_model(out).config["backbone"] == "mobilenet_v2"
+
+
+def test_killed_training_resumes_from_its_checkpoint(demo_faces, tmp_path):
+    out = tmp_path/"model"
+    proc = subprocess.Popen(_train_argv(demo_faces, out, "--epochs", 3), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt = out/"checkpoints"/"last.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline: time.sleep(0.5)
+    assert ckpt.exists(), "no checkpoint was written"
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    done_before = len(pd.read_csv(out/"metrics.csv"))
+    assert 1 <= done_before < 3
+    resumed = subprocess.run(_train_argv(demo_faces, out, "--epochs", 3), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, describe(resumed)
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    metrics = pd.read_csv(out/"metrics.csv")
+    assert metrics["epoch"].tolist() == list(range(1, len(metrics) + 1)) and len(metrics) >= done_before
+    from deepfake_mlops.model import load_model
+    model = load_model(out)
+    assert model.config["backbone"] == "mobilenet_v2" and 0 <= model.config["threshold"] <= 1
+
+
+def test_bad_training_input_fails_clearly(demo_faces, tmp_path):
+    # a split whose validation part has a single class
+    split = read_split_from(demo_faces)
+    split.loc[:, "split"] = "train"
+    split.loc[split.index[0], "split"] = "val"
+    bad = tmp_path/"split.csv"; split.to_csv(bad, index=False)
+    proc = subprocess.run(_train_argv(demo_faces, tmp_path/"m1", "--epochs", 1, "--split", bad), capture_output=True, text=True)
+    assert proc.returncode != 0 and "validation split needs REAL and FAKE" in proc.stderr, describe(proc)
+    assert not (tmp_path/"m1"/"model.pt").exists()
+    # a learning rate that blows the loss up
+    proc = subprocess.run(_train_argv(demo_faces, tmp_path/"m2", "--epochs", 1, "--lr", "1e30", "--blend", "none"),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2 and "training loss became" in proc.stderr, describe(proc)
+    assert not (tmp_path/"m2"/"model.pt").exists()
+
+
+def read_split_from(faces):
+    manifest = pd.read_csv(faces/"manifest.csv", dtype=str, keep_default_na=False)
+    return split_videos(manifest, fractions=(0.5, 0.25, 0.25))
+
+
+def test_model_folder_of_another_backbone_is_refused(demo_faces, tmp_path):
+    from deepfake_mlops.model import build_model, save_model, load_model
+    out = save_model(build_model("mobilenet_v2", pretrained=False), tmp_path/"m")
+    cfg = json.loads((out/"config.json").read_text()); cfg["backbone"] = "efficientnet_lite0"
+    (out/"config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="do not fit that backbone"): load_model(out)
+    proc = run_cli("evaluate", out, demo_faces, "--out", tmp_path/"eval")
+    assert proc.returncode == 2 and "do not fit that backbone" in proc.stderr, describe(proc)
+    assert not (tmp_path/"eval"/"evaluation.json").exists()
