@@ -9,18 +9,6 @@ import pytest
 from helpers import describe, run_cli
 
 
-@pytest.fixture(scope="module")
-def demo_model(demo_clips, tmp_path_factory):
-    "A model trained for one epoch on the demo clips, and its model.tar.gz."
-    work = tmp_path_factory.mktemp("inference")
-    proc = run_cli("extract", demo_clips, "--out", work/"faces", "--frames", 8, "--no-contact-sheet")
-    assert proc.returncode == 0, describe(proc)
-    proc = run_cli("train", work/"faces", "--out", work/"model", "--epochs", 1, "--batch-size", 8, "--workers", 0)
-    assert proc.returncode == 0, describe(proc)
-    from deepfake_mlops.inference import package_model
-    return work, package_model(work/"model", work/"model.tar.gz", version="test-1")
-
-
 def test_packaged_model_serves_alone_and_matches_the_evaluation(demo_model, datasets, tmp_path):
     work, tar = demo_model
     dfdc = datasets/"dfdc"
