@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/train.html.md"""
 
 # %% ../nbs/10_train.ipynb #45c0cf7b
 from __future__ import annotations
-import argparse, json, math, os, sys, time
+import argparse, itertools, json, math, os, sys, time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -133,9 +133,9 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
     "Train the detector; returns the summary (best epoch and its validation metrics), also in OUT/train.json."
     cfg = config or TrainConfig()
     rank, world, local_rank = _dist_env()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cfg.device == "cuda" else "gloo")
     device = _device(cfg.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(cfg.seed + rank)
     out_dir = Path(out_dir); ckpt_dir = Path(checkpoint_dir or out_dir/"checkpoints")
     if rank == 0: out_dir.mkdir(parents=True, exist_ok=True); ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
     dataset = FaceCrops(rows, augment=augment, blend=blend, blend_prob=_mixture(cfg)[1])
     amp = dict(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    stale = sum(1 for h in history[::-1] if not h.get("improved")) if history else 0
+    stale = len(list(itertools.takewhile(lambda h: not h.get("improved"), history[::-1])))  # epochs since the best
 
     for epoch in range(start, cfg.epochs):
         if best is not None and stale >= cfg.patience: break
@@ -197,7 +197,7 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
             losses.append(loss.item()); seen += len(x)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         train_s = time.perf_counter() - t0
-        stop = torch.zeros(1)
+        stop = torch.zeros(1, device=device)  # NCCL broadcasts device tensors only
         if rank == 0:
             t1 = time.perf_counter()
             val, val_videos = _validate(model, val_rows, cfg, device)
