@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 import torch
 from torch.utils.data import DataLoader
 
-from .core import atomic_path, atomic_write_text
+from .core import DEFAULTS, atomic_path, atomic_write_text
 from .data import FaceCrops
 from .model import normalize
 
@@ -184,13 +184,16 @@ def plot_mistakes(frames:pd.DataFrame, threshold:float, n:int=8):
     return fig
 
 # %% ../nbs/09_evaluate.ipynb #95da6358
-def _faces_for(data_dir, out_dir, device):
+def _faces_for(data_dir, out_dir, device, config):
+    "An extraction folder for `data_dir`: itself, or faces extracted the way the model's training crops were."
     from deepfake_mlops.faces import extract_faces
     from deepfake_mlops.manifest import read_manifest
     data_dir = Path(data_dir)
     if (data_dir/"faces.csv").exists(): return data_dir
     faces = Path(out_dir)/"faces"
-    extract_faces(read_manifest(data_dir), faces, device=device, progress=False)
+    extract_faces(read_manifest(data_dir), faces, frames=config.get("frames_per_video", DEFAULTS.frames_per_video),
+                  face_size=config.get("face_size", DEFAULTS.face_size), margin=config.get("margin", DEFAULTS.face_margin),
+                  detector=config.get("detector", "auto"), device=device, progress=False)
     return faces
 
 def evaluate_model(model_dir:str|Path, # a saved model (`model.save_model`)
@@ -206,7 +209,7 @@ def evaluate_model(model_dir:str|Path, # a saved model (`model.save_model`)
     model = load_model(model_dir, device)
     split_file = Path(model_dir)/"split.csv"
     split = read_split(split_file) if split_file.exists() else None
-    crops = read_crops(_faces_for(data_dir, out_dir, device), split)
+    crops = read_crops(_faces_for(data_dir, out_dir, device, model.config), split)
     if subset == "auto":
         covered = split is not None and crops["split"].ne("").all()
         subset = "test" if covered else "all"

@@ -39,7 +39,7 @@ class DeepfakeDetector:
         self.version = str(cfg.get("version", cfg.get("model_version", "unversioned")))
         # a packaged model carries its detector weights; a training folder uses the installed ones
         root = model_dir if (model_dir/"blazeface").is_dir() else None
-        self.faces = FaceDetector(device=device, weights_root=root)
+        self.faces = FaceDetector(cfg.get("detector", "auto"), device=device, weights_root=root)
 
     @torch.inference_mode()
     def score_crops(self, crops:list[np.ndarray]) -> np.ndarray:

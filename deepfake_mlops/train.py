@@ -146,6 +146,7 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
         box = [split_df]; dist.broadcast_object_list(box, src=0); split_df = box[0]
     crops = read_crops(faces_dir, split_df)
     rows = _train_rows(crops, cfg)
+    extraction = _extraction_settings(faces_dir)
     val_rows = (read_crops(validation_dir) if validation_dir else crops[crops["split"] == "val"]).reset_index(drop=True)
     if val_rows["target"].nunique() < 2: raise ValueError("the validation split needs REAL and FAKE videos")
 
@@ -212,7 +213,7 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
             if improved:
                 best = dict(epoch=epoch + 1, auc=val["auc"], log_loss=val["log_loss"])
                 stale = 0
-                _save_best(model, out_dir, cfg, val_videos)
+                _save_best(model, out_dir, cfg, val_videos, extraction)
             else: stale += 1
             t2 = time.perf_counter()
             _save_checkpoint(last, model, opt, sched, epoch, best, history)
@@ -233,10 +234,16 @@ def _epoch_line(r):
             f"val AUC {r['val_auc']:.3f}, log loss {r['val_log_loss']:.3f}{' (best)' if r['improved'] else ''}")
 
 # %% ../nbs/10_train.ipynb #dbfe69c5
-def _save_best(model, out_dir, cfg, val_videos):
+def _extraction_settings(faces_dir):
+    "How the training crops were made (frames, face size, margin, detector): serving must make them the same way."
+    path = Path(faces_dir)/"extraction.json"
+    s = json.loads(path.read_text()) if path.exists() else {}
+    return dict(face_size=s.get("face_size", DEFAULTS.face_size), margin=s.get("margin", DEFAULTS.face_margin),
+                frames_per_video=s.get("frames", DEFAULTS.frames_per_video), detector=s.get("detector", "auto"))
+
+def _save_best(model, out_dir, cfg, val_videos, extraction):
     threshold = choose_threshold(val_videos["target"], val_videos["prob"])
-    save_model(_unwrap(model), out_dir, dict(backbone=cfg.backbone, threshold=threshold, face_size=DEFAULTS.face_size,
-                                              frames_per_video=DEFAULTS.frames_per_video, train=asdict(cfg)))
+    save_model(_unwrap(model), out_dir, dict(backbone=cfg.backbone, threshold=threshold, **extraction, train=asdict(cfg)))
 
 # %% ../nbs/10_train.ipynb #717bd4ec
 def parse_args(argv=None) -> argparse.Namespace:
