@@ -7,7 +7,6 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/blazeface.html.md"""
 # %% ../nbs/03_blazeface.ipynb #3cfe6fe6
 from __future__ import annotations
 import hashlib, json, subprocess, sys, tempfile, zipfile
-from collections import Counter
 from pathlib import Path
 
 import cv2

@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/faces.html.md"""
 
 # %% ../nbs/05_faces.ipynb #9fa5ce3e
 from __future__ import annotations
-import json, os, shutil, time, traceback
+import json, os, shutil, time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -157,17 +157,12 @@ def _init_worker(models, device, weights_root, threads):
     _worker["detector"] = FaceDetector(models, device=device, weights_root=weights_root)
 
 def _run_one(video, out_dir, kw):
-    "Extract one video in a worker; returns (video_id, status, reason, counts, seconds)."
-    start = time.perf_counter()
-    try:
-        df = extract_video(video, out_dir, _worker["detector"], **kw)
-        counts = _counts(df)
-        status = "ok" if counts["faces"] else "no_face"
-        reason = "" if counts["faces"] else f"no face found in any of {counts['frames']} sampled frames"
-    except VideoError as e: status, reason, counts = "failed", str(e), {}
+    "Extract one video in a worker; returns (video_id, why it failed or '' when its part file was written)."
+    try: extract_video(video, out_dir, _worker["detector"], **kw)
+    except VideoError as e: return video["video_id"], str(e)
     except Exception as e:  # an unexpected error in one video must not sink the batch
-        status, reason, counts = "failed", f"{video.get('path')}: {type(e).__name__}: {e}", {}
-    return video["video_id"], status, reason, counts, time.perf_counter() - start
+        return video["video_id"], f"{video.get('path')}: {type(e).__name__}: {e}"
+    return video["video_id"], ""
 
 def _counts(df):
     frames = df.drop_duplicates("frame_index")
@@ -208,9 +203,18 @@ def pool_context(device:str="cpu"):
     ctx.set_forkserver_preload(["deepfake_mlops.faces"])
     return ctx
 
-def _status_of_part(df):
-    c = _counts(df)
-    return ("ok", "") if c["faces"] else ("no_face", f"no face found in any of {c['frames']} sampled frames")
+_TEXT_COLUMNS = ["video_id", "relpath", "label", "method", "identities", "group", "dataset", "split", "keypoints", "crop_path"]
+
+def _read_rows(path):
+    "Index rows from a CSV: text columns as text (empty cells as ''), numbers as numbers."
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={c: str for c in _TEXT_COLUMNS})
+    present = [c for c in _TEXT_COLUMNS if c in df]
+    df[present] = df[present].fillna("")
+    return df
+
+def _status(counts):
+    "Status and reason of a finished video from its counts."
+    return ("ok", "") if counts["faces"] else ("no_face", f"no face found in any of {counts['frames']} sampled frames")
 
 def extract_faces(manifest:pd.DataFrame, # one row per video (see `manifest.read_manifest`)
                   out_dir:str|Path, # output folder (created; finished videos in it are skipped)
@@ -248,8 +252,8 @@ def extract_faces(manifest:pd.DataFrame, # one row per video (see `manifest.read
             for f in as_completed(futures):
                 try: results.append(f.result())
                 except BrokenProcessPool as e:  # a worker died (a decoder crash, out of memory): the batch goes on
-                    results.append((futures[f]["video_id"], "failed", f"{futures[f]['path']}: worker process died "
-                                    f"while this video was in flight ({e})", {}, 0.0))
+                    results.append((futures[f]["video_id"], f"{futures[f]['path']}: worker process died "
+                                                            f"while this video was in flight ({e})"))
                 bar.update()
     bar.close()
     return _finish(out_dir, videos, done, results, time.perf_counter() - start)
@@ -257,32 +261,30 @@ def extract_faces(manifest:pd.DataFrame, # one row per video (see `manifest.read
 # %% ../nbs/05_faces.ipynb #293a32d9
 def _finish(out_dir, videos, done, results, seconds):
     parts, statuses = [], []
-    failed = {vid: reason for vid, status, reason, _, _ in results if status == "failed"}
+    failed = {vid: reason for vid, reason in results if reason}
     for v in videos:
         part = out_dir/"parts"/f"{v['video_id']}.csv"
         if v["video_id"] in failed or not part.exists():
             statuses.append(dict(video_id=v["video_id"], relpath=v.get("relpath", ""), status="failed",
                                  reason=failed.get(v["video_id"], "not processed"), frames=0, frames_with_face=0, faces=0, crops=0))
             continue
-        df = pd.read_csv(part, keep_default_na=False, na_values=[""], dtype={c: str for c in ["keypoints", "crop_path", "identities", "split", "group"]})
-        df[["keypoints", "crop_path", "identities", "split"]] = df[["keypoints", "crop_path", "identities", "split"]].fillna("")
+        df = _read_rows(part)
         for k in VIDEO_META: df[k] = str(v.get(k, ""))  # labels and groups as the manifest says now, not when the part was written
         parts.append(df)
-        status, reason = _status_of_part(df)
-        statuses.append(dict(video_id=v["video_id"], relpath=v.get("relpath", ""), status=status, reason=reason, **_counts(df)))
+        counts = _counts(df)
+        status, reason = _status(counts)
+        statuses.append(dict(video_id=v["video_id"], relpath=v.get("relpath", ""), status=status, reason=reason, **counts))
     index = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
     with atomic_path(out_dir/"faces.csv") as p: index.to_csv(p, index=False)
-    table = pd.DataFrame(statuses)
+    table = pd.DataFrame(statuses, columns=["video_id", "relpath", "status", "reason", "frames", "frames_with_face", "faces", "crops"])
     with atomic_path(out_dir/"videos.csv") as p: table.to_csv(p, index=False)
-    frames_total = int(table["frames"].sum()) if len(table) else 0
-    with_face = int(table["frames_with_face"].sum()) if len(table) else 0
+    frames_total, with_face = int(table["frames"].sum()), int(table["frames_with_face"].sum())
+    status = table["status"].value_counts()
     summary = dict(videos=len(videos), processed=len(results), skipped=len(done),
-                   ok=int((table["status"] == "ok").sum()) if len(table) else 0,
-                   no_face=int((table["status"] == "no_face").sum()) if len(table) else 0,
-                   failed=int((table["status"] == "failed").sum()) if len(table) else 0,
+                   ok=int(status.get("ok", 0)), no_face=int(status.get("no_face", 0)), failed=int(status.get("failed", 0)),
                    frames=frames_total, frames_with_face=with_face,
                    face_rate=round(with_face / frames_total, 4) if frames_total else 0.0,
-                   faces=int(table["faces"].sum()) if len(table) else 0, seconds=round(seconds, 2),
+                   faces=int(table["faces"].sum()), seconds=round(seconds, 2),
                    problems=[dict(video_id=r["video_id"], status=r["status"], reason=r["reason"])
                              for r in statuses if r["status"] != "ok"])
     atomic_write_text(out_dir/"summary.json", json.dumps(summary, indent=2))
@@ -294,8 +296,7 @@ def read_index(out_dir:str|Path) -> pd.DataFrame:
     out_dir = Path(out_dir)
     path = out_dir/"faces.csv"
     if not path.exists(): raise FileNotFoundError(f"{path} not found: run `deepfake-mlops extract` first")
-    df = pd.read_csv(path, dtype={c: str for c in ["keypoints", "crop_path", "video_id", "group", "identities", "split"]})
-    df[["keypoints", "crop_path", "identities", "split"]] = df[["keypoints", "crop_path", "identities", "split"]].fillna("")
+    df = _read_rows(path)
     df["crop_file"] = [str(out_dir/p) if p else "" for p in df["crop_path"]]
     return df
 

@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/inference.html.md"""
 
 # %% ../nbs/11_inference.ipynb #b874903d
 from __future__ import annotations
-import io, json, os, shutil, tarfile, tempfile
+import io, json, os, tarfile, tempfile
 from pathlib import Path
 
 import cv2

@@ -10,7 +10,7 @@ import json, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .inference import RequestError, input_fn, model_fn, output_fn, predict_fn, MAX_BODY_BYTES
+from .inference import MAX_BODY_BYTES, RequestError, input_fn, output_fn, predict_fn
 
 # %% auto #0
 __all__ = ['DRAIN_LIMIT', 'make_handler', 'serve']
