@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/cli.html.md"""
 
 # %% ../nbs/20_cli.ipynb #dc387192
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, os, sys
 from pathlib import Path
 
 from .core import DEFAULTS
@@ -110,6 +110,60 @@ def _demo(args):
     print(render_demo_clips(args.out, n_real=args.n_real, n_fake=args.n_fake, seed=args.seed))
     return 0
 
+def _pipeline_definition(args):
+    from deepfake_mlops.pipeline import definition_json
+    text = definition_json(args.region, args.role, args.bucket, pipeline_name=args.pipeline_name,
+                           model_package_group_name=args.model_package_group, base_job_prefix=args.base_job_prefix)
+    if args.out is None: sys.stdout.write(text)
+    else:
+        from deepfake_mlops.core import atomic_write_text
+        atomic_write_text(args.out, text); print(f"wrote {args.out} ({len(text)} bytes)")
+    return 0
+
+def _run(args):
+    from deepfake_mlops.local import registered_version, run_local
+    definition = json.loads(args.definition.read_text()) if args.definition else None
+    execution = run_local(args.root, args.data, args.param, use_cache=not args.no_cache, definition=definition)
+    print(f"execution {execution['id']}: {execution['status']}")
+    for s in execution["steps"]:
+        if s["type"] == "Processing" and "evaluation" in json.dumps(s["properties"]):
+            print(f"evaluation: {s['properties']}")
+    version = registered_version(execution)
+    if version: print(f"registered {version['group']}:{version['version']} (PendingManualApproval unless ModelApprovalStatus was given)")
+    else: print("nothing registered" + (f": {execution['message']}" if execution["message"] else ""))
+    return 0 if execution["status"] == "Succeeded" else 1
+
+def _models(args):
+    from deepfake_mlops.registry import Registry
+    reg = Registry(Path(args.root)/"registry.db")
+    if args.action == "list":
+        rows = reg.list(args.group, args.status)
+        if args.json: print(json.dumps(rows, indent=2)); return 0
+        print(f"{'model':28} {'status':22} {'auc':>6} {'created':26} artifact")
+        for r in rows: print(f"{r['ref']:28} {r['status']:22} {r['metrics'].get('auc') or float('nan'):6.3f} {r['created']:26} {r['model_data']}")
+        return 0
+    if not args.ref: raise ValueError(f"models {args.action} needs a model reference such as deepfake-detection:3")
+    try: record = reg.resolve(args.ref)
+    except KeyError as e: raise ValueError(str(e).strip("'\"")) from None
+    if args.action in ("approve", "reject"):
+        record = reg.set_status(record["group_name"], record["version"], "Approved" if args.action == "approve" else "Rejected", args.note)
+    print(json.dumps(record, indent=2))
+    return 0
+
+def _executions(args):
+    from deepfake_mlops.local import LocalEngine
+    engine = LocalEngine(args.root)
+    if args.action == "list":
+        for e in engine.executions(args.limit): print(f"{e['id']:34} {e['status']:10} {e['started']}  {e['message'][:80]}")
+        return 0
+    if not args.id: raise ValueError("executions show needs an execution id (see `deepfake-mlops executions list`)")
+    try: e = engine.describe(args.id)
+    except KeyError as err: raise ValueError(str(err).strip("'\"")) from None
+    print(f"{e['id']}: {e['status']} {e['message']}")
+    for s in e["steps"]:
+        print(f"  {s['name']:24} {s['status']:10} {s['seconds'] or 0:7.1f} s  {'cache hit' if s['cache_hit'] else '':9}  {s['log']}")
+    return 0
+
 # %% ../nbs/20_cli.ipynb #232596eb
 def build_parser() -> argparse.ArgumentParser:
     "The `deepfake-mlops` argument parser, one subparser per command."
@@ -202,7 +256,47 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-real", type=int, default=4); d.add_argument("--n-fake", type=int, default=4)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
+
+    pl = sub.add_parser("pipeline", help="the SageMaker pipeline: print its definition JSON (no AWS account needed)")
+    pl.add_argument("action", choices=["definition"])
+    pl.add_argument("--out", type=Path, default=None, help="file to write (default: standard output)")
+    env, local = os.environ.get, _local_target()
+    pl.add_argument("--region", default=env("AWS_REGION") or env("AWS_DEFAULT_REGION") or local.region)
+    pl.add_argument("--role", default=env("SAGEMAKER_PIPELINE_ROLE_ARN") or local.role, help="IAM role ARN (default $SAGEMAKER_PIPELINE_ROLE_ARN)")
+    pl.add_argument("--bucket", default=env("ARTIFACT_BUCKET") or local.bucket, help="default bucket (default $ARTIFACT_BUCKET)")
+    pl.add_argument("--pipeline-name", default=local.pipeline_name)
+    pl.add_argument("--model-package-group", default=local.model_package_group_name)
+    pl.add_argument("--base-job-prefix", default=local.base_job_prefix)
+    pl.set_defaults(func=_pipeline_definition)
+
+    root = dict(type=Path, default=Path(env("DEEPFAKE_MLOPS_LOCAL_ROOT") or "runs/local"),
+                help="local engine folder: artifact store, executions, registry (default runs/local or $DEEPFAKE_MLOPS_LOCAL_ROOT)")
+    r = sub.add_parser("run", help="run the whole pipeline on this machine: extract, train, evaluate, gate, register",
+                       description="Runs the definition get_pipeline() builds with the local engine (no Docker, no AWS).")
+    r.add_argument("--data", type=Path, default=None, help="dataset folder (default: rendered demo clips, a smoke test)")
+    r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter override (repeatable)")
+    r.add_argument("--no-cache", action="store_true", help="run every step even when a cached result exists")
+    r.add_argument("--definition", type=Path, default=None, help="run this definition JSON instead of building one")
+    r.add_argument("--root", **root)
+    r.set_defaults(func=_run)
+
+    mo = sub.add_parser("models", help="the local model registry: list, show, approve or reject versions")
+    mo.add_argument("action", choices=["list", "show", "approve", "reject"])
+    mo.add_argument("ref", nargs="?", help="GROUP:VERSION, GROUP:latest or GROUP:latest-approved")
+    mo.add_argument("--group", default=None); mo.add_argument("--status", default=None)
+    mo.add_argument("--note", default="", help="why (approve/reject)"); mo.add_argument("--json", action="store_true")
+    mo.add_argument("--root", **root)
+    mo.set_defaults(func=_models)
+
+    ex = sub.add_parser("executions", help="local pipeline executions: list, or show one with its steps")
+    ex.add_argument("action", choices=["list", "show"]); ex.add_argument("id", nargs="?")
+    ex.add_argument("--limit", type=int, default=20); ex.add_argument("--root", **root)
+    ex.set_defaults(func=_executions)
     return p
+
+def _local_target():
+    from deepfake_mlops.local import LOCAL
+    return LOCAL
 
 # %% ../nbs/20_cli.ipynb #93573b00
 def main(argv:list[str]|None=None) -> int:
