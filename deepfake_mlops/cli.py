@@ -121,13 +121,14 @@ def _pipeline_definition(args):
     return 0
 
 def _run(args):
-    from deepfake_mlops.local import registered_version, run_local
+    from deepfake_mlops.local import evaluation_folder, registered_version, run_local
     definition = json.loads(args.definition.read_text()) if args.definition else None
     execution = run_local(args.root, args.data, args.param, use_cache=not args.no_cache, definition=definition)
     print(f"execution {execution['id']}: {execution['status']}")
-    for s in execution["steps"]:
-        if s["type"] == "Processing" and "evaluation" in json.dumps(s["properties"]):
-            print(f"evaluation: {s['properties']}")
+    folder = evaluation_folder(args.root, execution)
+    if folder is not None:
+        m = json.loads((folder/"evaluation.json").read_text())["video"]["at_threshold"]
+        print(f"test videos: AUC {m['auc']:.3f}, log loss {m['log_loss']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} ({folder})")
     version = registered_version(execution)
     if version: print(f"registered {version['group']}:{version['version']} (PendingManualApproval unless ModelApprovalStatus was given)")
     else: print("nothing registered" + (f": {execution['message']}" if execution["message"] else ""))
