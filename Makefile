@@ -21,12 +21,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 	$(BIN)/deepfake-mlops weights
 
-# main job: face extraction on the FaceForensics++ sample when present, else on rendered demo clips
+# main job: the whole pipeline on this machine (local engine): extract, train, evaluate, gate, register,
+# with the executed orchestration notebook and its HTML as the report. Without DATA it runs on rendered
+# demo clips (a smoke test); real data: make run DATA=../shared/datasets/ffpp
+DATA ?=
+REPORT := $(RUNS)/report
 run: install
-	@if [ -d "$(DATASETS)/ffpp" ]; then data="$(DATASETS)/ffpp"; \
-	else $(BIN)/deepfake-mlops demo $(RUNS)/demo-data >/dev/null && data=$(RUNS)/demo-data; fi; \
-	echo "extracting faces from $$data"; \
-	$(BIN)/deepfake-mlops extract "$$data" --out $(RUNS)/faces
+	@mkdir -p $(REPORT)
+	$(BIN)/papermill nbs/run_pipeline.ipynb $(REPORT)/run_pipeline.ipynb --cwd . -p target local \
+	  -p local_root $(RUNS)/local $(if $(DATA),-p data $(DATA),)
+	$(BIN)/jupyter nbconvert --to html $(REPORT)/run_pipeline.ipynb >/dev/null 2>&1
+	@echo "report: $(REPORT)/run_pipeline.html"
 
 test: install pytest nbtest
 

@@ -67,11 +67,23 @@ def _evaluate(args):
     print(summary_line(report)); print(f"report: {args.out/'evaluation.json'}")
     return 0
 
+def _model_location(model:str, root:Path) -> Path:
+    "A model folder or model.tar.gz, given as a path or as a registry reference (GROUP:VERSION, GROUP:latest-approved)."
+    if Path(model).exists(): return Path(model)
+    if ":" not in model: raise ValueError(f"{model}: no such model folder or model.tar.gz (a registry reference looks like deepfake-detection:latest-approved)")
+    from deepfake_mlops.registry import Registry
+    db = Path(root)/"registry.db"
+    if not db.exists(): raise ValueError(f"{model}: no model registry at {db}; run `deepfake-mlops run` first or pass --root")
+    try: record = Registry(db).resolve(model)
+    except KeyError as e: raise ValueError(str(e).strip("'\"")) from None
+    print(f"{model} is {record['ref']} ({record['status']}): {record['model_data']}", file=sys.stderr)
+    return Path(record["model_data"])
+
 def _predict(args):
     import tempfile
     from deepfake_mlops.inference import DeepfakeDetector, NoFaceError, safe_extract
     from deepfake_mlops.video import VideoError
-    model = Path(args.model)
+    model = _model_location(args.model, args.root)
     if model.is_file(): model = safe_extract(model, tempfile.mkdtemp(prefix="deepfake-model-"))
     detector = DeepfakeDetector(model, args.device)
     results, failed = [], 0
@@ -92,7 +104,7 @@ def _serve(args):
     import tempfile, threading
     from deepfake_mlops.inference import safe_extract
     from deepfake_mlops.serve import serve
-    model = Path(args.model)
+    model = _model_location(args.model, args.root)
     if model.is_file(): model = safe_extract(model, tempfile.mkdtemp(prefix="deepfake-model-"))
     server = serve(model, args.host, args.port, args.device)
     print(f"serving {args.model} on http://{args.host}:{server.server_address[1]} (GET /ping, POST /invocations); Ctrl-C stops")
@@ -228,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="say whether videos are fake, with a trained model folder or model.tar.gz",
                         description="Sample frames, find the face, score it and average: prints a table (or JSON). "
                                     "Exits 1 when some videos could not be judged (unreadable, no face).")
-    pr.add_argument("model", help="a model folder (deepfake-mlops train) or a model.tar.gz")
+    pr.add_argument("model", help="a model folder (deepfake-mlops train), a model.tar.gz, or a registry reference "
+                                  "such as deepfake-detection:latest-approved")
+    pr.add_argument("--root", type=Path, default=_default_root(), help="local engine folder whose registry resolves references")
     pr.add_argument("videos", nargs="+", type=Path, help="video files")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -237,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a model on the SageMaker inference contract (GET /ping, POST /invocations)",
                         description="Answer POST /invocations with video/mp4, image/jpeg, image/png or application/json "
                                     "({\"path\": ...} or {\"s3_uri\": ...}) bodies; bad requests get 4xx JSON answers.")
-    sv.add_argument("model", help="a model folder or a model.tar.gz")
+    sv.add_argument("model", help="a model folder, a model.tar.gz or a registry reference (GROUP:VERSION, GROUP:latest-approved)")
+    sv.add_argument("--root", type=Path, default=_default_root(), help="local engine folder whose registry resolves references")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8080, help="port (default %(default)s, SageMaker's)")
     sv.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -270,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--base-job-prefix", default=local.base_job_prefix)
     pl.set_defaults(func=_pipeline_definition)
 
-    root = dict(type=Path, default=Path(env("DEEPFAKE_MLOPS_LOCAL_ROOT") or "runs/local"),
+    root = dict(type=Path, default=_default_root(),
                 help="local engine folder: artifact store, executions, registry (default runs/local or $DEEPFAKE_MLOPS_LOCAL_ROOT)")
     r = sub.add_parser("run", help="run the whole pipeline on this machine: extract, train, evaluate, gate, register",
                        description="Runs the definition get_pipeline() builds with the local engine (no Docker, no AWS).")
@@ -294,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--limit", type=int, default=20); ex.add_argument("--root", **root)
     ex.set_defaults(func=_executions)
     return p
+
+def _default_root() -> Path:
+    "The local engine's folder: $DEEPFAKE_MLOPS_LOCAL_ROOT, else runs/local."
+    return Path(os.environ.get("DEEPFAKE_MLOPS_LOCAL_ROOT") or "runs/local")
 
 def _local_target():
     from deepfake_mlops.local import LOCAL
