@@ -10,7 +10,8 @@ import hashlib, json, os, re, secrets, shutil, signal, sqlite3, subprocess, sys,
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .core import atomic_write_text, sha256_file
+from .core import sha256_file
+from .pipeline import all_steps  # the definition helpers; the SDK itself is never imported here
 from .registry import Registry
 
 # %% auto #0
@@ -69,7 +70,7 @@ class Context:
     def __init__(self, params:dict, execution:dict, store:Store, definition:dict):
         self.params, self.execution, self.store = params, execution, store
         self.props: dict[str, dict] = {}
-        self.steps = {s["Name"]: s for s in _all_steps(definition)}
+        self.steps = {s["Name"]: s for s in all_steps(definition)}
 
     def get(self, ref:str):
         kind, _, rest = ref.partition(".")
@@ -108,15 +109,6 @@ def _text(v) -> str:
     "A value as SageMaker writes it into a joined string."
     if isinstance(v, bool): return str(v).lower()
     return str(v)
-
-def _all_steps(definition:dict) -> list[dict]:
-    out = []
-    def walk(steps):
-        for s in steps:
-            out.append(s); a = s.get("Arguments", {})
-            walk(a.get("IfSteps", [])); walk(a.get("ElseSteps", []))
-    walk(definition["Steps"])
-    return out
 
 # %% ../nbs/17_local.ipynb #7603b4ec
 _COMPARE = {"Equals": lambda a, b: a == b, "GreaterThan": lambda a, b: a > b, "GreaterThanOrEqualTo": lambda a, b: a >= b,
