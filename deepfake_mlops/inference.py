@@ -67,19 +67,19 @@ class DeepfakeDetector:
     def _look(self, frames:Iterable[Frame], beside_decoder:bool=False):
         "Short-range detection, crops and scores of every face, a few frames at a time as they arrive."
         seen, dets, probs = [], [], {}  # probs: (frame position, detection) -> fake probability
-        def look(batch):
+        def look(batch, decoding):
             found = self.faces.stages[0]([f.image for f in batch])
             faces = [(j, k) for j, d in enumerate(found) for k in range(len(d))]
             crops = [self._crop(batch[j].image, found[j][k]) for j, k in faces]
-            with self._threads_beside_decoder(beside_decoder): scores = self.score_crops(crops)
+            with self._threads_beside_decoder(decoding): scores = self.score_crops(crops)
             probs.update({(len(seen) + j, k): p for (j, k), p in zip(faces, scores)})
             seen.extend(batch); dets.extend(found)
         pending = []
         for frame in frames:
             pending.append(frame)
             # keep two frames back so that the last batch has at least two frames too
-            if len(pending) >= self.chunk + 2: look(pending[:self.chunk]); del pending[:self.chunk]
-        if pending: look(pending)
+            if len(pending) >= self.chunk + 2: look(pending[:self.chunk], beside_decoder); del pending[:self.chunk]
+        if pending: look(pending, False)  # the decoder has finished: all threads
         return seen, dets, probs
 
     def _verdict(self, seen, dets, probs, kind):
@@ -119,7 +119,7 @@ class DeepfakeDetector:
     def predict_video(self, path:str|Path) -> dict:
         "Verdict for a video file: label, fake probability, and per-frame scores."
         # closing: an error while scoring stops the decoder thread at once, not when the traceback is freed
-        with contextlib.closing(prefetch(iter_frames(path, self.frames))) as frames:
+        with contextlib.closing(prefetch(iter_frames(path, self.frames, lazy=True))) as frames:
             looked = self._look(frames, beside_decoder=True)
         return self._verdict(*looked, "sampled frames")
 

@@ -94,12 +94,21 @@ def _frame_time(frame, stream, start):
 def _index_of(t, fps): return int(round(t * fps)) if fps else 0
 
 # %% ../nbs/02_video.ipynb #7537a6d5
-def _rgb(frame, t, fps): return Frame(_index_of(t, fps), t, upright(frame.to_ndarray(format="rgb24"), frame.rotation or 0))
+def _rgb(frame): return upright(frame.to_ndarray(format="rgb24"), frame.rotation or 0)
+
+class _FrameToConvert(Frame):
+    "A `Frame` whose RGB image is converted from the decoded picture when first read, by the thread that reads it."
+    def __init__(self, index, timestamp, decoded): self.index, self.timestamp, self._decoded, self._image = index, timestamp, decoded, None
+    @property
+    def image(self) -> np.ndarray:
+        if self._image is None: self._image, self._decoded = _rgb(self._decoded), None
+        return self._image
 
 def iter_frames(path:str|Path, # video file
                 n:int=DEFAULTS.frames_per_video, # frames to sample
                 skip_nonref:bool=True, # decode reference frames only (bit-exact, about 1.3x faster)
                 threads:int=0, # decoder threads (0: FFmpeg decides)
+                lazy:bool=False, # convert to RGB when a frame's `image` is first read, not while decoding
                ) -> Iterator[Frame]:
     "The frames of `sample_frames`, each yielded as soon as it is decoded (in time order)."
     with _open(path) as c:
@@ -114,6 +123,7 @@ def iter_frames(path:str|Path, # video file
             yield from _sample_unknown_length(path, n, skip_nonref, threads)
             return
         targets = target_times(n, 0.0, duration)
+        frame_at = (lambda f, t: _FrameToConvert(_index_of(t, fps), t, f)) if lazy else (lambda f, t: Frame(_index_of(t, fps), t, _rgb(f)))
         given, prev, prev_t, k = set(), None, None, 0  # given: times of the frames yielded (each frame once)
         try:
             for frame in c.decode(s):
@@ -122,14 +132,14 @@ def iter_frames(path:str|Path, # video file
                     # the target lies between the previous frame and this one: keep the nearer
                     best, best_t = (prev, prev_t) if prev is not None and targets[k] - prev_t < t - targets[k] else (frame, t)
                     k += 1
-                    if best_t not in given: given.add(best_t); yield _rgb(best, best_t, fps)
+                    if best_t not in given: given.add(best_t); yield frame_at(best, best_t)
                 prev, prev_t = frame, t
                 if k == n: break
         except av.FFmpegError as e:
             if prev is None: raise VideoError(path, f"no decodable frame ({e})") from e
             # a truncated file: keep what decoded
         if k < n and prev is not None and prev_t not in given:  # targets after the last frame
-            given.add(prev_t); yield _rgb(prev, prev_t, fps)
+            given.add(prev_t); yield frame_at(prev, prev_t)
         if not given: raise VideoError(path, "no decodable frame")
 
 def sample_frames(path:str|Path, # video file
@@ -155,7 +165,7 @@ def _sample_unknown_length(path, n, skip_nonref, threads):
         fps = float(s.average_rate or s.guessed_rate or 0)
         for f in c.decode(s):
             t = _frame_time(f, s, s.start_time or 0)
-            if t in keep: frames.append(_rgb(f, t, fps))
+            if t in keep: frames.append(Frame(_index_of(t, fps), t, _rgb(f)))
     return frames
 
 # %% ../nbs/02_video.ipynb #3f7136f8
