@@ -112,6 +112,21 @@ def _serve(args):
     except KeyboardInterrupt: server.shutdown()
     return 0
 
+def _deploy(args):
+    from botocore.exceptions import BotoCoreError, ClientError
+    from deepfake_mlops.deploy import capture_uri, deploy
+    if not (args.capture_s3_uri or args.bucket): raise ValueError("say where data capture goes: --capture-s3-uri s3://BUCKET/PREFIX or --bucket BUCKET")
+    try:
+        done = deploy(args.stage, args.role, args.capture_s3_uri or capture_uri(args.bucket, args.group), group=args.group,
+                      region=args.region, dry_run=args.dry_run, wait=args.wait)
+    except (BotoCoreError, ClientError, RuntimeError) as e:
+        print(f"deepfake-mlops deploy: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.group} version {done['package_version']} is the newest Approved package: {done['package_arn']}")
+    for s in done["steps"]: print(f"  {s}")
+    print(f"endpoint {done['endpoint']} in {done['region']}: {done['action']}" + (" (dry run: nothing was changed)" if done["dry_run"] else ""))
+    return 0
+
 def _contact_sheet(args):
     from deepfake_mlops.faces import contact_sheet
     print(contact_sheet(args.faces_dir, args.png, per_video=args.per_video, max_videos=args.max_videos))
@@ -257,6 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8080, help="port (default %(default)s, SageMaker's)")
     sv.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     sv.set_defaults(func=_serve)
+
+    from deepfake_mlops.deploy import DEFAULT_GROUP, STAGES  # light: boto3 is imported only to deploy
+    dp = sub.add_parser("deploy", help="deploy the newest Approved model package of a group to the stage's SageMaker endpoint",
+                        description="Find the newest Approved version of the model package group, make a model and an "
+                                    "endpoint configuration (the stage's instances, data capture to S3) from it, and create "
+                                    "the endpoint GROUP-STAGE or update it in place. Exits 2 when nothing is approved.")
+    dp.add_argument("--stage", required=True, choices=list(STAGES), help="settings per stage: deploy.STAGES")
+    dp.add_argument("--group", default=DEFAULT_GROUP, help="model package group (default %(default)s)")
+    dp.add_argument("--role", help="IAM role ARN the model runs as (default $SAGEMAKER_EXECUTION_ROLE_ARN)")
+    dp.add_argument("--region", help="AWS region (default $AWS_REGION, then $AWS_DEFAULT_REGION)")
+    dp.add_argument("--capture-s3-uri", help="S3 prefix for captured requests and answers")
+    dp.add_argument("--bucket", help="or a bucket: capture goes to s3://BUCKET/GROUP/data-capture")
+    dp.add_argument("--dry-run", action="store_true", help="only read, and print what would be done")
+    dp.add_argument("--wait", action="store_true", help="wait until the endpoint is InService")
+    dp.set_defaults(func=_deploy)
 
     c = sub.add_parser("contact-sheet", help="draw a PNG grid of face crops, one row per video",
                        description="Draw the crops of an extraction folder as a labelled grid.")

@@ -6,7 +6,8 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/inference.html.md"""
 
 # %% ../nbs/11_inference.ipynb #b874903d
 from __future__ import annotations
-import io, json, os, tarfile, tempfile
+import contextlib, io, json, os, tarfile, tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -14,23 +15,34 @@ import numpy as np
 import torch
 
 from .core import DEFAULTS, atomic_path
-from .video import VideoError, sample_frames
+from .video import Frame, VideoError, iter_frames, prefetch
 from .blazeface import FaceDetector, MODELS as DETECTOR_MODELS, weights_path as detector_weights
 from .faces import as_stored, crop_square, link_tracks, main_track
 from .model import load_model, normalize
 
 # %% auto #0
-__all__ = ['HANDLER', 'VIDEO_TYPES', 'IMAGE_TYPES', 'MAX_BODY_BYTES', 'DeepfakeDetector', 'NoFaceError', 'package_model',
-           'safe_extract', 'RequestError', 'model_fn', 'input_fn', 'predict_fn', 'output_fn']
+__all__ = ['HANDLER', 'VIDEO_TYPES', 'IMAGE_TYPES', 'MAX_BODY_BYTES', 'fuse_batchnorm', 'DeepfakeDetector', 'NoFaceError',
+           'package_model', 'safe_extract', 'RequestError', 'model_fn', 'input_fn', 'predict_fn', 'output_fn']
 
 # %% ../nbs/11_inference.ipynb #78e19aa4
+def fuse_batchnorm(module:torch.nn.Module) -> torch.nn.Module:
+    "A copy of an eval-mode module with each BatchNorm folded into the convolution before it (or `module` if torch.fx cannot trace it)."
+    from torch.fx.experimental.optimization import fuse
+    # folding is only a speed-up: an architecture with data-dependent Python (efficientnet-lite's
+    # dynamic padding) cannot be traced and runs as it is
+    try: return fuse(module)
+    except Exception: return module
+
 class DeepfakeDetector:
     "A saved model plus the face detector: verdicts for videos, frames and face crops."
     def __init__(self, model_dir:str|Path, # a folder written by `model.save_model` (or an unpacked model.tar.gz)
-                 device:str="cpu"):
+                 device:str="cpu",
+                 chunk:int=4, # frames detected and scored together while the next ones decode
+                ):
         model_dir = Path(model_dir)
-        self.device = torch.device(device)
+        self.device, self.chunk = torch.device(device), max(chunk, 2)
         self.model = load_model(model_dir, self.device).to(memory_format=torch.channels_last)
+        self.model.backbone = fuse_batchnorm(self.model.backbone)
         cfg = self.model.config
         self.threshold = float(cfg.get("threshold", 0.5))
         self.face_size = int(cfg.get("face_size", DEFAULTS.face_size))
@@ -50,34 +62,70 @@ class DeepfakeDetector:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             return torch.sigmoid(self.model(x).float()).cpu().numpy()
 
-    def _verdict(self, frames, kind):
-        dets = self.faces([f.image for f in frames])
-        ids = link_tracks(dets)
-        main = main_track(dets, ids)
-        rows, crops = [], []
-        for f, d, i in zip(frames, dets, ids):
-            keep = [k for k in range(len(d)) if i[k] == main]
-            if not keep: continue
-            box = d[keep[0]]
-            crops.append(as_stored(crop_square(f.image, box[:4], self.face_size, self.margin)))
-            rows.append(dict(index=int(f.index), timestamp=round(float(f.timestamp), 3),
-                             box=[round(float(v), 1) for v in box[:4]], face_score=round(float(box[-1]), 4)))
-        probs = self.score_crops(crops)
-        for r, p in zip(rows, probs): r["probability"] = round(float(p), 4)
-        if not rows: raise NoFaceError(f"no face found in the {len(frames)} {kind} examined")
-        prob = float(np.mean(probs))
+    def _crop(self, image, box): return as_stored(crop_square(image, box[:4], self.face_size, self.margin))
+
+    def _look(self, frames:Iterable[Frame], beside_decoder:bool=False):
+        "Short-range detection, crops and scores of every face, a few frames at a time as they arrive."
+        seen, dets, probs = [], [], {}  # probs: (frame position, detection) -> fake probability
+        def look(batch, decoding):
+            found = self.faces.stages[0]([f.image for f in batch])
+            faces = [(j, k) for j, d in enumerate(found) for k in range(len(d))]
+            crops = [self._crop(batch[j].image, found[j][k]) for j, k in faces]
+            with self._threads_beside_decoder(decoding): scores = self.score_crops(crops)
+            probs.update({(len(seen) + j, k): p for (j, k), p in zip(faces, scores)})
+            seen.extend(batch); dets.extend(found)
+        pending = []
+        for frame in frames:
+            pending.append(frame)
+            # keep two frames back so that the last batch has at least two frames too
+            if len(pending) >= self.chunk + 2: look(pending[:self.chunk], beside_decoder); del pending[:self.chunk]
+        if pending: look(pending, False)  # the decoder has finished: all threads
+        return seen, dets, probs
+
+    def _verdict(self, seen, dets, probs, kind):
+        "The main person's per-frame scores and their mean, after the rest of the detector cascade."
+        empty = [i for i, d in enumerate(dets) if len(d) == 0]
+        for stage in self.faces.stages[1:]:  # as `FaceDetector`: each next model only on frames still without a face
+            if not empty: break
+            for i, d in zip(empty, stage([seen[i].image for i in empty])): dets[i] = d
+            empty = [i for i in empty if len(dets[i]) == 0]
+        order = sorted(range(len(seen)), key=lambda i: seen[i].timestamp)
+        ids = link_tracks([dets[i] for i in order])
+        main = main_track([dets[i] for i in order], ids)
+        picked = []  # (frame position, detection) of the main person, in time order
+        for i, t in zip(order, ids):
+            on_main = np.flatnonzero(t == main)
+            if len(on_main): picked.append((i, int(on_main[0])))
+        if not picked: raise NoFaceError(f"no face found in the {len(seen)} {kind} examined")
+        late = [key for key in picked if key not in probs]  # faces only the later detectors found
+        probs.update(zip(late, self.score_crops([self._crop(seen[i].image, dets[i][k]) for i, k in late])))
+        rows = [dict(index=int(seen[i].index), timestamp=round(float(seen[i].timestamp), 3),
+                     box=[round(float(v), 1) for v in dets[i][k][:4]], face_score=round(float(dets[i][k][-1]), 4),
+                     probability=round(float(probs[i, k]), 4)) for i, k in picked]
+        prob = float(np.mean([probs[key] for key in picked]))
         return dict(label="FAKE" if prob >= self.threshold else "REAL", probability=round(prob, 4),
-                    threshold=self.threshold, faces_found=len(rows), frames_examined=len(frames),
+                    threshold=self.threshold, faces_found=len(rows), frames_examined=len(seen),
                     frames=rows, model_version=self.version)
+
+    @contextlib.contextmanager
+    def _threads_beside_decoder(self, active:bool):
+        "Half the CPU threads for the classifier while a decoder thread runs (OpenMP threads spin between operations)."
+        if not active or self.device.type != "cpu": yield; return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // 2))
+        try: yield
+        finally: torch.set_num_threads(threads)
 
     def predict_video(self, path:str|Path) -> dict:
         "Verdict for a video file: label, fake probability, and per-frame scores."
-        return self._verdict(sample_frames(path, self.frames), "sampled frames")
+        # closing: an error while scoring stops the decoder thread at once, not when the traceback is freed
+        with contextlib.closing(prefetch(iter_frames(path, self.frames, lazy=True))) as frames:
+            looked = self._look(frames, beside_decoder=True)
+        return self._verdict(*looked, "sampled frames")
 
     def predict_image(self, image:np.ndarray) -> dict:
         "Verdict for one RGB image: a frame with a face in it, or a face crop."
-        from deepfake_mlops.video import Frame
-        return self._verdict([Frame(0, 0.0, image)], "image")
+        return self._verdict(*self._look([Frame(0, 0.0, image)]), "image")
 
 class NoFaceError(ValueError):
     "The input showed no face, so there is nothing to judge."

@@ -6,14 +6,170 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/serve.html.md"""
 
 # %% ../nbs/12_serve.ipynb #29510f35
 from __future__ import annotations
-import json, threading
+import base64, hashlib, json, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .inference import MAX_BODY_BYTES, RequestError, input_fn, output_fn, predict_fn
 
 # %% auto #0
-__all__ = ['DRAIN_LIMIT', 'make_handler', 'serve']
+__all__ = ['PAGE', 'PAGE_HEADERS', 'DRAIN_LIMIT', 'make_handler', 'serve']
+
+# %% ../nbs/12_serve.ipynb #dba98ff9
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Is this video fake? (deepfake-mlops)</title>
+<style>
+body { font: 15px/1.5 system-ui, sans-serif; max-width: 50rem; margin: 2rem auto; padding: 0 1rem; color: #1d2330; }
+h1 { font-size: 1.4rem; margin-bottom: .3rem; }
+label.pick { display: block; border: 2px dashed #9aa3b5; border-radius: .6rem; padding: 1rem; margin: 1rem 0; cursor: pointer; }
+#status { color: #4a5468; min-height: 1.5em; }
+#error { background: #fdecec; border: 1px solid #d9534f; color: #8a1f1b; padding: .7rem 1rem; border-radius: .4rem; font-weight: 600; }
+#label { font-size: 1.8rem; font-weight: 700; margin: .5rem 0; }
+#label.FAKE { color: #b42318; }
+#label.REAL { color: #067647; }
+dl { display: grid; grid-template-columns: max-content auto; gap: .15rem 1.2rem; }
+dt { color: #4a5468; }
+dd { margin: 0; font-variant-numeric: tabular-nums; }
+#plot { width: 100%; height: auto; margin-top: 1rem; }
+#plot text { font-size: 11px; fill: #4a5468; }
+#plot .axis { stroke: #9aa3b5; }
+#plot .trace { fill: none; stroke: #c4cad6; }
+#plot .threshold { stroke: #1d2330; stroke-dasharray: 6 4; }
+#plot .mark.above { fill: #b42318; }
+#plot .mark.below { fill: #067647; }
+[hidden] { display: none !important; }
+</style>
+</head>
+<body data-max-body="__MAX_BODY__">
+<h1>Is this video fake?</h1>
+<p>Pick a video (MP4, MOV, WebM, MKV, AVI) or a photo (JPEG, PNG) that shows a face. It goes to this
+server's <code>POST /invocations</code>, the endpoint a SageMaker client calls, and nowhere else.</p>
+<label class="pick">Video or image: <input id="file" type="file" accept="video/*,image/jpeg,image/png"></label>
+<p id="status" role="status"></p>
+<div id="error" role="alert" hidden></div>
+<section id="verdict" hidden>
+<p id="label"></p>
+<dl>
+<dt>fake probability</dt><dd id="probability"></dd>
+<dt>threshold</dt><dd id="threshold"></dd>
+<dt>faces found</dt><dd id="faces"></dd>
+<dt>frames examined</dt><dd id="frames"></dd>
+<dt>model version</dt><dd id="version"></dd>
+</dl>
+<svg id="plot" viewBox="0 0 640 230" role="img" aria-label="fake probability of each scored frame"></svg>
+</section>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+const MAX_BODY = Number(document.body.dataset.maxBody);
+// the browser names the type from the extension; these fill in what it leaves empty
+const TYPES = {mp4: "video/mp4", m4v: "video/mp4", mov: "video/quicktime", webm: "video/webm", mkv: "video/x-matroska",
+               avi: "video/x-msvideo", jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png"};
+const SVG = "http://www.w3.org/2000/svg";
+
+function contentType(file) {
+  return file.type || TYPES[file.name.split(".").pop().toLowerCase()] || "application/octet-stream";
+}
+function megabytes(n) { return (n / 1048576).toFixed(1) + " MB"; }
+
+function fail(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+  $("status").textContent = "";
+}
+
+async function check(file) {
+  $("error").hidden = true;
+  $("verdict").hidden = true;
+  if (file.size > MAX_BODY) return fail(`${file.name} is ${megabytes(file.size)}, over this server's limit of ${megabytes(MAX_BODY)}.`);
+  $("status").textContent = `Checking ${file.name} (${megabytes(file.size)})...`;
+  $("file").disabled = true;
+  const started = performance.now();
+  try {
+    const response = await fetch("/invocations", {method: "POST", body: file,
+                                                  headers: {"Content-Type": contentType(file), "Accept": "application/json"}});
+    let answer;
+    try { answer = await response.json(); }
+    catch (e) { answer = {error: "the answer was not JSON"}; }
+    if (!response.ok) return fail(`${file.name}: HTTP ${response.status}: ${answer.error || "no error message"}`);
+    show(file, answer, (performance.now() - started) / 1000);
+  } catch (e) {
+    fail(`${file.name}: the request failed (${e.message}); is the server still running?`);
+  } finally {
+    $("file").disabled = false;
+    $("file").value = "";  // picking the same file again checks it again
+  }
+}
+
+function show(file, v, seconds) {
+  $("label").textContent = v.label;
+  $("label").className = v.label;
+  $("probability").textContent = v.probability.toFixed(4);
+  $("threshold").textContent = v.threshold.toFixed(4);
+  $("faces").textContent = v.faces_found;
+  $("frames").textContent = v.frames_examined;
+  $("version").textContent = v.model_version;
+  plot(v.frames, v.threshold);
+  $("status").textContent = `${file.name}: answered in ${seconds.toFixed(1)} s.`;
+  $("verdict").hidden = false;
+}
+
+function add(parent, tag, attrs, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  parent.appendChild(el);
+  return el;
+}
+
+// one mark per scored frame: time across, fake probability up, the threshold as a dashed line
+function plot(frames, threshold) {
+  const svg = $("plot");
+  svg.replaceChildren();
+  const left = 46, right = 628, top = 10, bottom = 196;
+  const end = Math.max(...frames.map((f) => f.timestamp), 0);
+  const x = (t) => end > 0 ? left + (right - left) * t / end : (left + right) / 2;
+  const y = (p) => bottom - (bottom - top) * p;
+  add(svg, "line", {class: "axis", x1: left, x2: left, y1: top, y2: bottom});
+  add(svg, "line", {class: "axis", x1: left, x2: right, y1: bottom, y2: bottom});
+  for (const p of [0, 0.5, 1]) add(svg, "text", {x: left - 6, y: y(p) + 4, "text-anchor": "end"}, p.toFixed(1));
+  add(svg, "text", {x: left, y: bottom + 16, "text-anchor": "middle"}, "0 s");
+  add(svg, "text", {x: right, y: bottom + 16, "text-anchor": "end"}, `${end.toFixed(1)} s`);
+  add(svg, "text", {x: (left + right) / 2, y: bottom + 30, "text-anchor": "middle"}, "time in the video; up: fake probability of the face");
+  add(svg, "line", {class: "threshold", x1: left, x2: right, y1: y(threshold), y2: y(threshold)});
+  // the label goes below a threshold near the top, where there is no room above it
+  add(svg, "text", {x: right, y: y(threshold) + (threshold > 0.9 ? 14 : -5), "text-anchor": "end"}, `threshold ${threshold.toFixed(3)}`);
+  add(svg, "polyline", {class: "trace", points: frames.map((f) => `${x(f.timestamp)},${y(f.probability)}`).join(" ")});
+  for (const f of frames) {
+    const mark = add(svg, "circle", {class: `mark ${f.probability >= threshold ? "above" : "below"}`, r: 4,
+                                     cx: x(f.timestamp), cy: y(f.probability), "data-index": f.index,
+                                     "data-probability": f.probability});
+    add(mark, "title", {}, `frame ${f.index} at ${f.timestamp.toFixed(2)} s: ${f.probability.toFixed(4)}`);
+  }
+}
+
+$("file").addEventListener("change", (e) => { if (e.target.files.length) check(e.target.files[0]); });
+</script>
+</body>
+</html>
+"""
+
+def _inline_hash(tag, html):
+    "CSP source for the one inline <tag> element of `html`."
+    text = html.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+# the page may run its own script and style and talk to this server, nothing else
+PAGE_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8", "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+    "Content-Security-Policy": f"default-src 'none'; script-src {_inline_hash('script', PAGE)}; "
+                               f"style-src {_inline_hash('style', PAGE)}; connect-src 'self'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+}
 
 # %% ../nbs/12_serve.ipynb #bcbbbc1f
 DRAIN_LIMIT = 64 * 1024 * 1024  # bytes of an oversized body read and dropped before answering 413
@@ -27,6 +183,7 @@ def _drain(stream, n, chunk=1 << 20):
 def make_handler(model, max_body:int=MAX_BODY_BYTES):
     "A request handler class bound to a loaded model."
     lock = threading.Lock()
+    page = PAGE.replace("__MAX_BODY__", str(max_body)).encode()
     class Handler(BaseHTTPRequestHandler):
         server_version = "deepfake-mlops"
         def log_message(self, fmt, *args): pass  # quiet; errors are answered, not logged to stderr
@@ -37,7 +194,12 @@ def make_handler(model, max_body:int=MAX_BODY_BYTES):
             self.end_headers(); self.wfile.write(body)
         def do_GET(self):
             if self.path == "/ping": return self._send(200, {"status": "healthy"})
-            self._send(404, {"error": f"no route {self.path}; use GET /ping or POST /invocations"})
+            if self.path == "/":
+                self.send_response(200)
+                for k, v in PAGE_HEADERS.items(): self.send_header(k, v)
+                self.send_header("Content-Length", str(len(page))); self.end_headers(); self.wfile.write(page)
+                return
+            self._send(404, {"error": f"no route {self.path}; use GET / (upload page), GET /ping or POST /invocations"})
         def do_POST(self):
             if self.path != "/invocations": return self._send(404, {"error": f"no route {self.path}; use POST /invocations"})
             try:

@@ -6,7 +6,8 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/video.html.md"""
 
 # %% ../nbs/02_video.ipynb #8d82fc56
 from __future__ import annotations
-import struct
+import queue, struct, threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -17,8 +18,8 @@ import numpy as np
 from .core import DEFAULTS, atomic_path
 
 # %% auto #0
-__all__ = ['VideoError', 'VideoInfo', 'Frame', 'probe', 'upright', 'target_times', 'sample_frames', 'read_frames_at',
-           'write_video', 'tag_rotation']
+__all__ = ['VideoError', 'VideoInfo', 'Frame', 'probe', 'upright', 'target_times', 'iter_frames', 'sample_frames',
+           'read_frames_at', 'write_video', 'tag_rotation', 'prefetch']
 
 # %% ../nbs/02_video.ipynb #bebf5185
 class VideoError(Exception):
@@ -93,12 +94,23 @@ def _frame_time(frame, stream, start):
 def _index_of(t, fps): return int(round(t * fps)) if fps else 0
 
 # %% ../nbs/02_video.ipynb #7537a6d5
-def sample_frames(path:str|Path, # video file
-                  n:int=DEFAULTS.frames_per_video, # frames to sample
-                  skip_nonref:bool=True, # decode reference frames only (bit-exact, about 1.3x faster)
-                  threads:int=0, # decoder threads (0: FFmpeg decides)
-                 ) -> list[Frame]:
-    "Up to `n` upright RGB frames spread uniformly over the video, nearest decoded frame to each target time."
+def _rgb(frame): return upright(frame.to_ndarray(format="rgb24"), frame.rotation or 0)
+
+class _FrameToConvert(Frame):
+    "A `Frame` whose RGB image is converted from the decoded picture when first read, by the thread that reads it."
+    def __init__(self, index, timestamp, decoded): self.index, self.timestamp, self._decoded, self._image = index, timestamp, decoded, None
+    @property
+    def image(self) -> np.ndarray:
+        if self._image is None: self._image, self._decoded = _rgb(self._decoded), None
+        return self._image
+
+def iter_frames(path:str|Path, # video file
+                n:int=DEFAULTS.frames_per_video, # frames to sample
+                skip_nonref:bool=True, # decode reference frames only (bit-exact, about 1.3x faster)
+                threads:int=0, # decoder threads (0: FFmpeg decides)
+                lazy:bool=False, # convert to RGB when a frame's `image` is first read, not while decoding
+               ) -> Iterator[Frame]:
+    "The frames of `sample_frames`, each yielded as soon as it is decoded (in time order)."
     with _open(path) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
@@ -107,26 +119,36 @@ def sample_frames(path:str|Path, # video file
         start = s.start_time or 0
         fps = float(s.average_rate or s.guessed_rate or 0)
         duration = float(s.duration * s.time_base) if s.duration else (c.duration or 0) / 1e6
-        if duration <= 0: return _sample_unknown_length(path, n, skip_nonref, threads)
+        if duration <= 0:
+            yield from _sample_unknown_length(path, n, skip_nonref, threads)
+            return
         targets = target_times(n, 0.0, duration)
-        picked, prev, prev_t, k = {}, None, None, 0
+        frame_at = (lambda f, t: _FrameToConvert(_index_of(t, fps), t, f)) if lazy else (lambda f, t: Frame(_index_of(t, fps), t, _rgb(f)))
+        given, prev, prev_t, k = set(), None, None, 0  # given: times of the frames yielded (each frame once)
         try:
             for frame in c.decode(s):
                 t = _frame_time(frame, s, start)
                 while k < n and t >= targets[k]:
                     # the target lies between the previous frame and this one: keep the nearer
-                    best = prev if prev is not None and targets[k] - prev_t < t - targets[k] else frame
-                    best_t = prev_t if best is prev else t
-                    picked.setdefault(best_t, best); k += 1
+                    best, best_t = (prev, prev_t) if prev is not None and targets[k] - prev_t < t - targets[k] else (frame, t)
+                    k += 1
+                    if best_t not in given: given.add(best_t); yield frame_at(best, best_t)
                 prev, prev_t = frame, t
                 if k == n: break
         except av.FFmpegError as e:
             if prev is None: raise VideoError(path, f"no decodable frame ({e})") from e
             # a truncated file: keep what decoded
-        if k < n and prev is not None: picked.setdefault(prev_t, prev)  # targets after the last frame
-        if not picked: raise VideoError(path, "no decodable frame")
-        return [Frame(_index_of(t, fps), t, upright(f.to_ndarray(format="rgb24"), f.rotation or 0))
-                for t, f in sorted(picked.items(), key=lambda kv: kv[0])]
+        if k < n and prev is not None and prev_t not in given:  # targets after the last frame
+            given.add(prev_t); yield frame_at(prev, prev_t)
+        if not given: raise VideoError(path, "no decodable frame")
+
+def sample_frames(path:str|Path, # video file
+                  n:int=DEFAULTS.frames_per_video, # frames to sample
+                  skip_nonref:bool=True, # decode reference frames only (bit-exact, about 1.3x faster)
+                  threads:int=0, # decoder threads (0: FFmpeg decides)
+                 ) -> list[Frame]:
+    "Up to `n` upright RGB frames spread uniformly over the video, nearest decoded frame to each target time."
+    return sorted(iter_frames(path, n, skip_nonref, threads), key=lambda f: f.timestamp)
 
 def _sample_unknown_length(path, n, skip_nonref, threads):
     "Containers without a duration: count the frames first, then sample by position."
@@ -143,7 +165,7 @@ def _sample_unknown_length(path, n, skip_nonref, threads):
         fps = float(s.average_rate or s.guessed_rate or 0)
         for f in c.decode(s):
             t = _frame_time(f, s, s.start_time or 0)
-            if t in keep: frames.append(Frame(_index_of(t, fps), t, upright(f.to_ndarray(format="rgb24"), f.rotation or 0)))
+            if t in keep: frames.append(Frame(_index_of(t, fps), t, _rgb(f)))
     return frames
 
 # %% ../nbs/02_video.ipynb #3f7136f8
@@ -187,3 +209,33 @@ def tag_rotation(path:str|Path, degrees:int) -> None:
     values = [fixed(c), fixed(s), 0, fixed(-s), fixed(c), 0, 0, 0, 1 << 30]
     data[matrix_at:matrix_at + 36] = struct.pack(">9I", *values)
     with atomic_path(path) as tmp: Path(tmp).write_bytes(bytes(data))
+
+# %% ../nbs/02_video.ipynb #28c03916
+def prefetch(items:Iterable, # e.g. `iter_frames(...)`
+             depth:int=8, # items kept ready at most
+            ) -> Iterator:
+    "Iterate `items` in a background thread, up to `depth` items ahead; its errors are raised here."
+    ready, stop = queue.Queue(depth), threading.Event()
+    def put(entry):
+        while not stop.is_set():
+            try: ready.put(entry, timeout=0.05); return True
+            except queue.Full: pass
+        return False
+    def produce():
+        try:
+            for item in items:
+                if not put(("item", item)): break
+            else: put(("end", None))
+        except BaseException as e: put(("error", e))
+        finally:
+            if hasattr(items, "close"): items.close()  # a generator closes its file in the thread that ran it
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end": return
+            if kind == "error": raise value
+            yield value
+    finally:
+        stop.set(); worker.join()

@@ -1,12 +1,13 @@
-"Fixtures shared by the integration tests: the sample datasets and rendered demo clips."
+"Fixtures shared by the integration tests: the sample datasets, rendered demo clips, a demo model and its server."
 from __future__ import annotations
+import os, socket, subprocess, time, urllib.error, urllib.request
 from pathlib import Path
 
 import pytest
 
 from deepfake_mlops.core import shared_datasets
 
-from helpers import describe, run_cli
+from helpers import cli_command, describe, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,43 @@ def demo_model(demo_clips, tmp_path_factory):
     assert proc.returncode == 0, describe(proc)
     from deepfake_mlops.inference import package_model
     return work, package_model(work/"model", work/"model.tar.gz", version="test-1")
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    "A function that returns a TCP port free on 127.0.0.1 at the time of the call."
+    def pick() -> int:
+        with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+    return pick
+
+
+@pytest.fixture(scope="session")
+def start_server(free_port):
+    "A function that runs `deepfake-mlops serve MODEL` on a free port (`env`: variables to add) and returns its URL once /ping answers."
+    procs = []
+    def start(model, env:dict|None=None, timeout:float=120) -> str:
+        port = free_port()
+        proc = subprocess.Popen(cli_command("serve", model, "--port", port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, **env} if env else None)
+        procs.append(proc)
+        url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=5) as r:
+                    if r.status == 200: return url
+            except (urllib.error.URLError, ConnectionError): pass
+            if proc.poll() is not None: pytest.fail(f"deepfake-mlops serve {model} exited {proc.returncode}:\n{proc.stdout.read()}")
+            if time.time() > deadline: pytest.fail(f"deepfake-mlops serve {model} did not answer /ping within {timeout} s")
+            time.sleep(0.3)
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try: proc.wait(10)
+        except subprocess.TimeoutExpired: proc.kill()
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_model, start_server):
+    "`deepfake-mlops serve` of the demo model.tar.gz, as a user runs it: (base URL, model.tar.gz)."
+    work, tar = demo_model
+    return start_server(tar), tar
