@@ -3,9 +3,11 @@
 Starts `deepfake-mlops serve MODEL` in its own process, then for every video of a dataset (one at a
 time, alternating so machine noise hits both alike): the time to decode the frames the model looks at
 (`video.sample_frames`, in this process), and the latency of `POST /invocations` with the video as the
-body. Then the same videos are sent by `--clients` concurrent clients to measure throughput.
+body; `--rounds` repeats that pass. Then the same videos are sent by `--clients` concurrent clients to
+measure throughput. The load average before and after is recorded: the ratio is only as good as the
+machine was quiet.
 
-    .venv/bin/python benchmarks/serving.py --model runs/model --data ../shared/datasets/ffpp [--clients 4]
+    .venv/bin/python benchmarks/serving.py --model runs/model --data ../shared/datasets/ffpp [--clients 4] [--rounds 1]
 """
 import argparse, json, os, platform, socket, subprocess, sys, time, urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,7 @@ def main():
     ap.add_argument("--model", type=Path, default=Path("runs/model"))
     ap.add_argument("--data", type=Path, default=Path("../shared/datasets/ffpp"))
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=1, help="passes over the videos (decode and serve alternate in each)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     paths = read_manifest(args.data)["path"].tolist()
@@ -43,17 +46,20 @@ def main():
             try: urllib.request.urlopen(url + "/ping", timeout=1).read(); break
             except OSError: time.sleep(0.2)
         _post(url, paths[0])  # warm-up
+        load_before = os.getloadavg()[0]
         decode, serve = [], []
-        for p in paths:
+        for p in paths * args.rounds:
             t = time.perf_counter(); sample_frames(p); decode.append(time.perf_counter() - t)
             serve.append(_post(url, p))
         t = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool: list(pool.map(lambda p: _post(url, p), paths))
         concurrent_s = time.perf_counter() - t
+        load_after = os.getloadavg()[0]
     finally:
         server.terminate(); server.wait(10)
     d, s = np.array(decode), np.array(serve)
-    result = dict(machine=f"{platform.node()} {os.cpu_count()} cores", data=str(args.data), videos=len(paths),
+    result = dict(machine=f"{platform.node()} {os.cpu_count()} cores", data=str(args.data), videos=len(paths), rounds=args.rounds,
+                  load_avg_1m_before=round(load_before, 2), load_avg_1m_after=round(load_after, 2),
                   decode_p50_s=round(float(np.median(d)), 3), decode_p95_s=round(float(np.percentile(d, 95)), 3),
                   serve_p50_s=round(float(np.median(s)), 3), serve_p95_s=round(float(np.percentile(s, 95)), 3),
                   ratio_p50=round(float(np.median(s) / np.median(d)), 3), ratio_total=round(float(s.sum() / d.sum()), 3),

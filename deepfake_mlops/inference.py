@@ -64,22 +64,21 @@ class DeepfakeDetector:
 
     def _crop(self, image, box): return as_stored(crop_square(image, box[:4], self.face_size, self.margin))
 
-    def _look(self, frames:Iterable[Frame], beside_decoder:bool=False):
+    def _look(self, frames:Iterable[Frame]):
         "Short-range detection, crops and scores of every face, a few frames at a time as they arrive."
         seen, dets, probs = [], [], {}  # probs: (frame position, detection) -> fake probability
-        def look(batch, decoding):
+        def look(batch):
             found = self.faces.stages[0]([f.image for f in batch])
             faces = [(j, k) for j, d in enumerate(found) for k in range(len(d))]
-            crops = [self._crop(batch[j].image, found[j][k]) for j, k in faces]
-            with self._threads_beside_decoder(decoding): scores = self.score_crops(crops)
+            scores = self.score_crops([self._crop(batch[j].image, found[j][k]) for j, k in faces])
             probs.update({(len(seen) + j, k): p for (j, k), p in zip(faces, scores)})
             seen.extend(batch); dets.extend(found)
         pending = []
         for frame in frames:
             pending.append(frame)
             # keep two frames back so that the last batch has at least two frames too
-            if len(pending) >= self.chunk + 2: look(pending[:self.chunk], beside_decoder); del pending[:self.chunk]
-        if pending: look(pending, False)  # the decoder has finished: all threads
+            if len(pending) >= self.chunk + 2: look(pending[:self.chunk]); del pending[:self.chunk]
+        if pending: look(pending)
         return seen, dets, probs
 
     def _verdict(self, seen, dets, probs, kind):
@@ -107,20 +106,11 @@ class DeepfakeDetector:
                     threshold=self.threshold, faces_found=len(rows), frames_examined=len(seen),
                     frames=rows, model_version=self.version)
 
-    @contextlib.contextmanager
-    def _threads_beside_decoder(self, active:bool):
-        "Half the CPU threads for the classifier while a decoder thread runs (OpenMP threads spin between operations)."
-        if not active or self.device.type != "cpu": yield; return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads // 2))
-        try: yield
-        finally: torch.set_num_threads(threads)
-
     def predict_video(self, path:str|Path) -> dict:
         "Verdict for a video file: label, fake probability, and per-frame scores."
         # closing: an error while scoring stops the decoder thread at once, not when the traceback is freed
         with contextlib.closing(prefetch(iter_frames(path, self.frames, lazy=True))) as frames:
-            looked = self._look(frames, beside_decoder=True)
+            looked = self._look(frames)
         return self._verdict(*looked, "sampled frames")
 
     def predict_image(self, image:np.ndarray) -> dict:
