@@ -6,13 +6,13 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/local.html.md"""
 
 # %% ../nbs/17_local.ipynb #11d1b654
 from __future__ import annotations
-import hashlib, json, os, re, secrets, shutil, signal, sqlite3, subprocess, sys, tarfile, time
+import hashlib, json, os, re, secrets, shutil, sqlite3, subprocess, sys, tarfile, time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .core import sha256_file
 from .pipeline import all_steps  # the definition helpers; the SDK itself is never imported here
-from .registry import Registry
+from .registry import Registry, connect, create_schema
 
 # %% auto #0
 __all__ = ['CONTAINER_ML', 'LOCAL', 'DEMO_CLIPS', 'StepFailed', 'Store', 'json_path', 'Context', 'condition_holds',
@@ -303,13 +303,9 @@ class LocalEngine:
         self.root = Path(root).resolve()
         self.store = Store(self.root/"store")
         self.registry = Registry(self.root/"registry.db")
-        with self._db() as db: db.executescript(_ENGINE_SCHEMA)
+        create_schema(self.root/"engine.db", _ENGINE_SCHEMA)
 
-    def _db(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.root/"engine.db", timeout=60, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+    def _db(self) -> sqlite3.Connection: return connect(self.root/"engine.db")
 
     def _mark_abandoned(self):
         "Executions whose process died without finishing are marked failed (their finished steps stay cached)."

@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/steps.html.md"""
 
 # %% ../nbs/13_steps.ipynb #6040ad5d
 from __future__ import annotations
-import argparse, gzip, importlib.metadata, io, json, os, re, shutil, sys, tarfile, tempfile
+import argparse, gzip, importlib.metadata, io, json, os, re, sys, tarfile, tempfile
 from pathlib import Path
 
 import pandas as pd

@@ -1,12 +1,12 @@
 """The local engine: the SageMaker pipeline's definition run on this machine, with cache, executions and registry."""
 from __future__ import annotations
-import json, os, shutil, signal, sqlite3, subprocess, sys, time
+import json, os, signal, sqlite3, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from deepfake_mlops.local import LOCAL, LocalEngine, local_definition, run_local
+from deepfake_mlops.local import LocalEngine, local_definition, run_local
 from deepfake_mlops.registry import Registry
 from deepfake_mlops.steps import merge_shards
 
