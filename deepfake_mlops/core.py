@@ -6,13 +6,13 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #6e88e718
 from __future__ import annotations
-import contextlib, hashlib, os, tempfile
+import contextlib, hashlib, os, sqlite3, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'Defaults', 'cache_dir', 'shared_datasets', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
-           'sha256_file']
+           'sha256_file', 'connect', 'write_transaction', 'create_schema']
 
 # %% ../nbs/00_core.ipynb #53e24aea
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Defaults:
     frames_per_video: int = 32  # frames sampled uniformly over each video
     face_size: int = 224  # side of the square face crop, in pixels
     face_margin: float = 0.3  # margin added around the detected box, as a fraction of its side
-    detector: str = "full"  # BlazeFace model: "short" (128 px, near faces) or "full" (192 px, any distance)
+    detector: str = "auto"  # BlazeFace models: "auto" (short range, then full range where it finds none), "short" (128 px, near faces) or "full" (192 px, any distance)
     min_face_score: float = 0.5  # detection confidence threshold (MediaPipe's default)
     crop_jpeg_quality: int = 95  # crops are stored as JPEG; serving passes its crops through the same encoding
     labels: tuple = ("REAL", "FAKE")  # label names; index 1 is the positive (fake) class
@@ -89,3 +89,35 @@ def sha256_file(path:str|Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #11607267
+def connect(path:str|Path) -> sqlite3.Connection:
+    "An autocommit connection that waits up to a minute for locks; rows as `sqlite3.Row`."
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    return db
+
+@contextlib.contextmanager
+def write_transaction(path:str|Path):
+    "One transaction that holds the database's write lock from its start (so it never has to upgrade a read lock)."
+    db = connect(path)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction: db.execute("ROLLBACK")
+        raise
+    finally: db.close()
+
+def create_schema(path:str|Path, schema:str):
+    "Create the tables (idempotent) under the write lock, so processes opening a new database at once do not collide; WAL mode."
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with write_transaction(path) as db:
+        for statement in schema.split(";"):
+            if statement.strip(): db.execute(statement)
+    db = connect(path)
+    try:
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal": db.execute("PRAGMA journal_mode=WAL")  # persistent: once per file
+    finally: db.close()
+

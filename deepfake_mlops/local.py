@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .core import sha256_file
 from .pipeline import all_steps  # the definition helpers; the SDK itself is never imported here
-from .registry import Registry, connect, create_schema
+from .core import connect, create_schema
+from .registry import Registry
 
 # %% auto #0
 __all__ = ['CONTAINER_ML', 'LOCAL', 'DEMO_CLIPS', 'StepFailed', 'Store', 'json_path', 'Context', 'condition_holds',

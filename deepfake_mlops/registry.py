@@ -7,12 +7,13 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/registry.html.md"""
 # %% ../nbs/16_registry.ipynb #0f443552
 from __future__ import annotations
 import json, sqlite3
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .core import connect, create_schema, write_transaction
+
 # %% auto #0
-__all__ = ['STATUSES', 'connect', 'write_transaction', 'create_schema', 'Registry']
+__all__ = ['STATUSES', 'Registry']
 
 # %% ../nbs/16_registry.ipynb #d3d8fa04
 STATUSES = ("PendingManualApproval", "Approved", "Rejected")
@@ -29,36 +30,6 @@ CREATE TABLE IF NOT EXISTS model_packages (
 """
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-def connect(path:str|Path) -> sqlite3.Connection:
-    "An autocommit connection that waits up to a minute for locks; rows as `sqlite3.Row`."
-    db = sqlite3.connect(path, timeout=60, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    return db
-
-@contextmanager
-def write_transaction(path:str|Path):
-    "One transaction that holds the database's write lock from its start (so it never has to upgrade a read lock)."
-    db = connect(path)
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        yield db
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction: db.execute("ROLLBACK")
-        raise
-    finally: db.close()
-
-def create_schema(path:str|Path, schema:str):
-    "Create the tables (idempotent) under the write lock, so processes opening a new database at once do not collide; WAL mode."
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with write_transaction(path) as db:
-        for statement in schema.split(";"):
-            if statement.strip(): db.execute(statement)
-    db = connect(path)
-    try:
-        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal": db.execute("PRAGMA journal_mode=WAL")  # persistent: once per file
-    finally: db.close()
 
 class Registry:
     "Model package groups and versions in a SQLite file (created on first use)."
