@@ -24,13 +24,16 @@ install: $(STAMP)
 # main job: the whole pipeline on this machine (local engine): extract, train, evaluate, gate, register,
 # with the executed orchestration notebook and its HTML as the report. Without DATA it runs on rendered
 # demo clips (a smoke test); real data: make run DATA=../shared/datasets/ffpp
+# --log-output streams what the cells print (each step as it starts and ends, the jobs' progress) to the terminal
+# while they run; the progress bar would only say which cell runs. The HTML is for readers: outputs only, no code
+# and no front matter (the executed .ipynb keeps both).
 DATA ?=
 REPORT := $(RUNS)/report
 run: install
 	@mkdir -p $(REPORT)
-	$(BIN)/papermill nbs/run_pipeline.ipynb $(REPORT)/run_pipeline.ipynb --cwd . -p target local \
-	  -p local_root $(RUNS)/local $(if $(DATA),-p data $(DATA),)
-	$(BIN)/jupyter nbconvert --to html $(REPORT)/run_pipeline.ipynb >/dev/null 2>&1
+	$(BIN)/papermill nbs/run_pipeline.ipynb $(REPORT)/run_pipeline.ipynb --cwd . --log-output --no-progress-bar \
+	  -p target local -p local_root $(RUNS)/local $(if $(DATA),-p data $(DATA),)
+	$(BIN)/jupyter nbconvert --to html --no-input --TemplateExporter.exclude_raw=True $(REPORT)/run_pipeline.ipynb >/dev/null 2>&1
 	@echo "report: $(REPORT)/run_pipeline.html"
 
 test: install pytest nbtest

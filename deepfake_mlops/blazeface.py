@@ -6,363 +6,32 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/blazeface.html.md"""
 
 # %% ../nbs/03_blazeface.ipynb #3cfe6fe6
 from __future__ import annotations
-import hashlib, json, subprocess, sys, tempfile, zipfile
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from .core import DEFAULTS, atomic_path, atomic_write_bytes, cache_dir, sha256_file
+from .core import DEFAULTS, cache_dir
+from .tflite import convert_tflite, is_converted, load_converted
+from .weights import WEIGHTS, fetch
 
 # %% auto #0
-__all__ = ['MEDIAPIPE_VERSION', 'MEDIAPIPE_WHEEL_PLATFORM', 'MODELS', 'CONVERTED_FORMAT', 'extract_mediapipe_models',
-           'fetch_mediapipe_models', 'densify', 'read_tflite', 'TFConv', 'TFMaxPool', 'TFPad', 'TFAdd', 'TFRelu',
-           'TFResize', 'TFDepthToSpace', 'TFReshape', 'TFConcat', 'simplify', 'TFLiteNet', 'convert_tflite',
-           'load_converted', 'weights_path', 'install_weights', 'anchor_centers', 'weighted_nms', 'BlazeFace',
-           'box_iou', 'match_iou', 'FaceDetector']
+__all__ = ['MODELS', 'detector_weights_path', 'install_weights', 'anchor_centers', 'weighted_nms', 'BlazeFace', 'box_iou',
+           'match_iou', 'detector_models', 'FaceDetector']
 
 # %% ../nbs/03_blazeface.ipynb #4c78c621
-MEDIAPIPE_VERSION = "0.10.21"
-# The wheel of one fixed platform is fetched everywhere: the model files are the same in every wheel,
-# and pinning the platform lets any machine (Linux, macOS, a GPU box with another Python) run the step.
-MEDIAPIPE_WHEEL_PLATFORM = ("manylinux_2_28_x86_64", "3.11", "cp311")
 MODELS = {
-    "short": dict(file="face_detection_short_range.tflite", input_size=128,
-                  sha256="bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"),
-    "full": dict(file="face_detection_full_range_sparse.tflite", input_size=192,
-                 sha256="2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1"),
+    "short": dict(weights=WEIGHTS["face_detection_short_range"], input_size=128),
+    "full": dict(weights=WEIGHTS["face_detection_full_range"], input_size=192),
 }
 
-# %% ../nbs/03_blazeface.ipynb #5429a89e
-def _wheel_member(name): return f"mediapipe/modules/face_detection/{name}"
-
-def extract_mediapipe_models(wheel:str|Path, # a mediapipe 0.10.21 wheel file
-                             dest:str|Path, # folder for the .tflite files
-                            ) -> dict[str, Path]:
-    "Copy both face-detection .tflite files out of `wheel` into `dest`, refusing any whose SHA-256 differs."
-    out = {}
-    with zipfile.ZipFile(wheel) as z:
-        for key, m in MODELS.items():
-            data = z.read(_wheel_member(m["file"]))
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != m["sha256"]:
-                raise ValueError(f"{wheel}: {m['file']} has SHA-256 {digest}, expected {m['sha256']}; "
-                                 "refusing to use a model file that is not the published one")
-            out[key] = Path(dest)/m["file"]
-            atomic_write_bytes(out[key], data)
-    return out
-
-def fetch_mediapipe_models(dest:str|Path, # folder for the .tflite files
-                           wheel:str|Path|None=None, # an already downloaded wheel (offline installs)
-                          ) -> dict[str, Path]:
-    "Download the mediapipe 0.10.21 wheel from PyPI with pip (no dependencies) and extract the models."
-    if wheel is not None: return extract_mediapipe_models(wheel, dest)
-    platform, pyver, abi = MEDIAPIPE_WHEEL_PLATFORM
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--platform", platform, "--python-version", pyver, "--implementation", "cp", "--abi", abi,
-               "--dest", tmp, f"mediapipe=={MEDIAPIPE_VERSION}"]
-        subprocess.run(cmd, check=True)
-        return extract_mediapipe_models(next(Path(tmp).glob("mediapipe-*.whl")), dest)
-
-# %% ../nbs/03_blazeface.ipynb #1ae0951d
-def _tflite():
-    import tflite  # only the conversion needs the flatbuffer parser
-    return tflite
-
-def _enum_names(cls): return {v:k for k,v in vars(cls).items() if not k.startswith("_")}
-
-def _index_vector(tfl, dm, which):
-    "The int array of a sparse dimension's segments or indices (a union of int32/uint16/uint8 vectors)."
-    kind = dm.ArraySegmentsType() if which == "segments" else dm.ArrayIndicesType()
-    table = dm.ArraySegments() if which == "segments" else dm.ArrayIndices()
-    cls = {1: tfl.Int32Vector, 2: tfl.Uint16Vector, 3: tfl.Uint8Vector}[kind]
-    vec = cls(); vec.Init(table.Bytes, table.Pos)
-    return vec.ValuesAsNumpy().astype(np.int64)
-
-# %% ../nbs/03_blazeface.ipynb #8897a348
-def densify(values:np.ndarray, # the stored (non-zero) values, flat
-            shape:tuple, # the dense shape
-            dims:list, # per dimension: ("dense", size) or ("csr", segments, indices)
-           ) -> np.ndarray:
-    "Expand TFLite sparse storage (identity traversal order, no blocks) into a dense array."
-    coords = np.zeros((1, 0), dtype=np.int64)  # one row of coordinates per path so far
-    for dim in dims:
-        if dim[0] == "dense":
-            size = dim[1]
-            parents = np.repeat(np.arange(len(coords)), size)
-            coords = np.hstack([coords[parents], np.tile(np.arange(size), len(coords))[:, None]])
-        else:
-            segments, indices = dim[1], dim[2]
-            counts = np.diff(segments)
-            parents = np.repeat(np.arange(len(coords)), counts)
-            coords = np.hstack([coords[parents], indices[segments[0]:segments[-1]][:, None]])
-    dense = np.zeros(shape, dtype=values.dtype)
-    dense[tuple(coords.T)] = values[:len(coords)]
-    return dense
-
-# %% ../nbs/03_blazeface.ipynb #597c01f0
-def _sparse_dims(tfl, sp):
-    if sp.BlockMapLength() or list(sp.TraversalOrderAsNumpy()) != list(range(sp.TraversalOrderLength())):
-        raise NotImplementedError("block-sparse or reordered TFLite tensors are not supported")
-    dims = []
-    for i in range(sp.DimMetadataLength()):
-        dm = sp.DimMetadata(i)
-        if dm.Format() == tfl.DimensionType.DENSE: dims.append(("dense", dm.DenseSize()))
-        else: dims.append(("csr", _index_vector(tfl, dm, "segments"), _index_vector(tfl, dm, "indices")))
-    return dims
-
-_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8}
-
-def _constant(tfl, model, tensor):
-    "The constant value of `tensor` (densified when sparse), or None when it is computed at run time."
-    buf = model.Buffers(tensor.Buffer())
-    if buf is None or buf.DataLength() == 0: return None
-    dtype = _DTYPES[_enum_names(tfl.TensorType)[tensor.Type()]]
-    values = np.frombuffer(buf.DataAsNumpy().tobytes(), dtype=dtype)
-    shape = tuple(int(s) for s in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
-    if tensor.Sparsity() is not None: return densify(values, shape, _sparse_dims(tfl, tensor.Sparsity()))
-    return values.reshape(shape)
-
-# %% ../nbs/03_blazeface.ipynb #ef4892d8
-_PADDING = {0: "SAME", 1: "VALID"}
-_ACTIVATION = {0: None, 1: "relu"}
-
-def _options(tfl, op, name):
-    raw = op.BuiltinOptions()
-    def read(cls):
-        o = cls(); o.Init(raw.Bytes, raw.Pos); return o
-    if name == "CONV_2D":
-        o = read(tfl.Conv2DOptions)
-        if o.DilationHFactor() != 1 or o.DilationWFactor() != 1: raise NotImplementedError("dilated conv")
-        return dict(padding=_PADDING[o.Padding()], stride=[o.StrideH(), o.StrideW()],
-                    activation=_ACTIVATION[o.FusedActivationFunction()])
-    if name == "DEPTHWISE_CONV_2D":
-        o = read(tfl.DepthwiseConv2DOptions)
-        if o.DepthMultiplier() != 1: raise NotImplementedError("depth multiplier != 1")
-        return dict(padding=_PADDING[o.Padding()], stride=[o.StrideH(), o.StrideW()],
-                    activation=_ACTIVATION[o.FusedActivationFunction()])
-    if name == "MAX_POOL_2D":
-        o = read(tfl.Pool2DOptions)
-        return dict(padding=_PADDING[o.Padding()], stride=[o.StrideH(), o.StrideW()],
-                    kernel=[o.FilterHeight(), o.FilterWidth()], activation=_ACTIVATION[o.FusedActivationFunction()])
-    if name == "ADD": return dict(activation=_ACTIVATION[read(tfl.AddOptions).FusedActivationFunction()])
-    if name == "CONCATENATION":
-        o = read(tfl.ConcatenationOptions)
-        return dict(axis=o.Axis(), activation=_ACTIVATION[o.FusedActivationFunction()])
-    if name == "RESIZE_BILINEAR":
-        o = read(tfl.ResizeBilinearOptions)
-        if o.AlignCorners() or not o.HalfPixelCenters(): raise NotImplementedError("legacy bilinear resize")
-        return {}
-    if name == "DEPTH_TO_SPACE": return dict(block=read(tfl.DepthToSpaceOptions).BlockSize())
-    return {}
-
-# %% ../nbs/03_blazeface.ipynb #f7464f3c
-def read_tflite(path:str|Path) -> tuple[dict, dict[str, np.ndarray]]:
-    "Read a TFLite model into a JSON-able graph spec and a dict of float32 constants."
-    tfl = _tflite()
-    model = tfl.Model.GetRootAsModel(Path(path).read_bytes(), 0)
-    graph = model.Subgraphs(0)
-    opnames = _enum_names(tfl.BuiltinOperator)
-    consts, steps = {}, []
-    def key(i): return str(int(i))
-    for i in range(graph.TensorsLength()):
-        value = _constant(tfl, model, graph.Tensors(i))
-        if value is not None: consts[key(i)] = value
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        name = opnames[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
-        ins = [key(t) for t in op.InputsAsNumpy() if t >= 0]
-        out = key(op.Outputs(0))
-        if name in ("DEQUANTIZE", "DENSIFY") and ins[0] in consts:  # constant folding
-            consts[out] = consts[ins[0]].astype(np.float32) if name == "DEQUANTIZE" else consts[ins[0]]
-            continue
-        shape = [int(s) for s in graph.Tensors(op.Outputs(0)).ShapeAsNumpy()]
-        steps.append(dict(op=name, inputs=ins, output=out, shape=shape, options=_options(tfl, op, name)))
-    used = {t for s in steps for t in s["inputs"]}
-    consts = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in consts.items() if k in used}
-    spec = dict(input=key(graph.Inputs(0)), outputs=[key(o) for o in graph.OutputsAsNumpy()], steps=steps)
-    return spec, consts
-
-# %% ../nbs/03_blazeface.ipynb #4d6195f3
-def _same_pad(size, kernel, stride):
-    "TensorFlow SAME padding (before, after) for one spatial dimension."
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-def _pad_same(x, kernel, stride, value=0.0):
-    (t, b), (l, r) = _same_pad(x.shape[2], kernel[0], stride[0]), _same_pad(x.shape[3], kernel[1], stride[1])
-    return F.pad(x, (l, r, t, b), value=value) if t or b or l or r else x
-
-def _activate(x, activation):
-    "Fused activation, in place: it is only applied to tensors an op has just created."
-    return F.relu_(x) if activation == "relu" else x
-
-class TFConv(nn.Module):
-    "CONV_2D or DEPTHWISE_CONV_2D with TensorFlow padding and a fused activation."
-    def __init__(self, weight, bias, padding, stride, activation, depthwise):
-        super().__init__()
-        # TFLite kernels: conv [out, kh, kw, in]; depthwise [1, kh, kw, channels]
-        w = torch.from_numpy(np.ascontiguousarray(weight.transpose(3, 0, 1, 2) if depthwise else weight.transpose(0, 3, 1, 2)))
-        self.weight = nn.Parameter(w, requires_grad=False)
-        self.bias = nn.Parameter(torch.from_numpy(np.ascontiguousarray(bias)), requires_grad=False)
-        self.padding, self.stride, self.activation = padding, tuple(stride), activation
-        self.groups = w.shape[0] if depthwise else 1
-        self.zero_pad = (0, 0)  # symmetric zero padding folded in from a preceding PAD op
-    def forward(self, x):
-        if self.padding == "SAME": x = _pad_same(x, self.weight.shape[2:], self.stride)
-        y = F.conv2d(x, self.weight, self.bias, self.stride, padding=self.zero_pad, groups=self.groups)
-        return _activate(y, self.activation)
-
-class TFMaxPool(nn.Module):
-    def __init__(self, kernel, stride, padding, activation):
-        super().__init__(); self.kernel, self.stride, self.padding, self.activation = tuple(kernel), tuple(stride), padding, activation
-    def forward(self, x):
-        if self.padding == "SAME": x = _pad_same(x, self.kernel, self.stride, value=float("-inf"))
-        return _activate(F.max_pool2d(x, self.kernel, self.stride), self.activation)
-
-class TFPad(nn.Module):
-    "PAD with NHWC paddings [[n0,n1],[t,b],[l,r],[c0,c1]], applied to an NCHW tensor."
-    def __init__(self, paddings):
-        super().__init__(); (_, (t, b), (l, r), (c0, c1)) = paddings; self.pads = (l, r, t, b, c0, c1)
-    def forward(self, x): return F.pad(x, self.pads)
-
-class TFAdd(nn.Module):
-    "ADD; a narrower input is added into the leading channels of the wider one (a folded channel PAD)."
-    def __init__(self, activation): super().__init__(); self.activation = activation
-    def forward(self, a, b):
-        if a.shape[1] == b.shape[1]: return _activate(a + b, self.activation)
-        if a.shape[1] < b.shape[1]: a, b = b, a
-        out = a.clone(); out[:, :b.shape[1]] += b
-        return _activate(out, self.activation)
-
-class TFRelu(nn.Module):
-    def __init__(self, inplace=False): super().__init__(); self.inplace = inplace
-    def forward(self, x): return F.relu_(x) if self.inplace else F.relu(x)
-
-class TFResize(nn.Module):
-    "RESIZE_BILINEAR with half-pixel centers, which is PyTorch's align_corners=False."
-    def __init__(self, size): super().__init__(); self.size = tuple(int(s) for s in size)
-    def forward(self, x): return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-
-class TFDepthToSpace(nn.Module):
-    "DEPTH_TO_SPACE in TensorFlow's channel order (block row, block column, channel)."
-    def __init__(self, block): super().__init__(); self.block = block
-    def forward(self, x):
-        n, c, h, w = x.shape; b = self.block
-        x = x.view(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
-        return x.reshape(n, c // (b * b), h * b, w * b)
-
-class TFReshape(nn.Module):
-    "RESHAPE of an NCHW feature map as TensorFlow would reshape the NHWC one; the batch stays first."
-    def __init__(self, shape): super().__init__(); self.shape = tuple(shape[1:])
-    def forward(self, x):
-        if x.dim() == 4: x = x.permute(0, 2, 3, 1)
-        return x.reshape(x.shape[0], *self.shape)
-
-class TFConcat(nn.Module):
-    def __init__(self, axis, activation, spatial):
-        super().__init__()
-        # NHWC axis -> NCHW axis for 4-d feature maps
-        self.axis = {0: 0, 1: 2, 2: 3, 3: 1}[axis % 4] if spatial else axis
-        self.activation = activation
-    def forward(self, *xs): return _activate(torch.cat(xs, self.axis), self.activation)
-
-# %% ../nbs/03_blazeface.ipynb #2ab2d4c2
-def _build_step(step, consts):
-    "The module for one graph step and the names of its run-time inputs."
-    op, o, ins = step["op"], step["options"], step["inputs"]
-    if op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        return TFConv(consts[ins[1]], consts[ins[2]], o["padding"], o["stride"], o["activation"],
-                      depthwise=op == "DEPTHWISE_CONV_2D"), ins[:1]
-    if op == "MAX_POOL_2D": return TFMaxPool(o["kernel"], o["stride"], o["padding"], o["activation"]), ins[:1]
-    if op == "PAD": return TFPad(consts[ins[1]].tolist()), ins[:1]
-    if op == "ADD": return TFAdd(o["activation"]), ins
-    if op == "RELU": return TFRelu(step.get("inplace", False)), ins
-    if op == "RESIZE_BILINEAR": return TFResize(consts[ins[1]].tolist()), ins[:1]
-    if op == "DEPTH_TO_SPACE": return TFDepthToSpace(o["block"]), ins
-    if op == "RESHAPE": return TFReshape(step["shape"]), ins[:1]
-    if op == "CONCATENATION": return TFConcat(o["axis"], o["activation"], spatial=len(step["shape"]) == 4), ins
-    raise NotImplementedError(f"TFLite operator {op} is not supported")
-
-def _pad_table(step, consts):
-    return consts[step["inputs"][1]].tolist() if step["op"] == "PAD" else None
-
-def simplify(steps:list, consts:dict) -> list:
-    "Fold PAD ops into their single consumer: zero padding into a VALID conv, channel padding into an ADD."
-    users = {}
-    for k, s in enumerate(steps):
-        for t in s["inputs"]: users.setdefault(t, []).append(k)
-    out, alias, conv_pad = [], {}, {}
-    for k, s in enumerate(steps):
-        s = dict(s, inputs=[alias.get(t, t) for t in s["inputs"]])
-        table, consumer = _pad_table(s, consts), users.get(s["output"], [])
-        if table is not None and len(consumer) == 1:
-            nxt = steps[consumer[0]]
-            (_, _), (t, b), (l, r), (c0, c1) = table
-            if nxt["op"] == "ADD" and t == b == l == r == c0 == 0:  # zeros appended to the channels
-                alias[s["output"]] = s["inputs"][0]; continue
-            if nxt["op"] in ("CONV_2D", "DEPTHWISE_CONV_2D") and nxt["options"]["padding"] == "VALID" \
-               and t == b and l == r and c0 == c1 == 0 and nxt["inputs"][0] == s["output"]:
-                alias[s["output"]] = s["inputs"][0]; conv_pad[consumer[0]] = (t, l); continue
-        if k in conv_pad: s["zero_pad"] = conv_pad[k]
-        # a RELU may work in place when nothing else reads its input
-        if s["op"] == "RELU" and len(users.get(steps[k]["inputs"][0], [])) == 1: s["inplace"] = True
-        out.append(s)
-    return out
-
-class TFLiteNet(nn.Module):
-    "A TFLite graph run as a sequence of PyTorch modules on NCHW tensors."
-    def __init__(self, spec:dict, consts:dict|None=None):
-        super().__init__()
-        consts = consts or {}
-        # placeholders of the right shape when weights come from a state dict
-        consts = {k: consts.get(k, np.zeros(s, np.float32)) for k, s in spec.get("const_shapes", {}).items()} | consts
-        self.spec = spec
-        self.layers = nn.ModuleList()
-        self.wiring = []
-        for step in simplify(spec["steps"], consts):
-            module, ins = _build_step(step, consts)
-            if "zero_pad" in step: module.zero_pad = tuple(step["zero_pad"])
-            self.layers.append(module)
-            self.wiring.append((ins, step["output"]))
-    def forward(self, x):
-        "x: N x 3 x H x W, values in [-1, 1]; returns the graph outputs."
-        env = {self.spec["input"]: x}
-        for layer, (ins, out) in zip(self.layers, self.wiring): env[out] = layer(*[env[i] for i in ins])
-        return [env[o] for o in self.spec["outputs"]]
-
-# %% ../nbs/03_blazeface.ipynb #e2922ba8
-CONVERTED_FORMAT = 2  # bump when the module layout (and so the state dict) changes: cached files are redone
-
-def convert_tflite(tflite_path:str|Path, out_path:str|Path) -> Path:
-    "Convert a BlazeFace .tflite into a .pt file (spec + state dict), written atomically."
-    spec, consts = read_tflite(tflite_path)
-    # pad constants are tiny int tables; they stay in the spec so the state dict holds weights only
-    spec["const_shapes"] = {k: list(v.shape) for k, v in consts.items()}
-    net = TFLiteNet(spec, consts)
-    payload = dict(spec=json.dumps(spec), state_dict=net.state_dict(), source_sha256=sha256_file(tflite_path),
-                   format=CONVERTED_FORMAT,
-                   pad_tables={k: torch.from_numpy(v.astype(np.int64)) for k, v in consts.items() if v.dtype != np.float32})
-    with atomic_path(out_path) as tmp: torch.save(payload, tmp)
-    return Path(out_path)
-
-def load_converted(path:str|Path) -> TFLiteNet:
-    "Load a converted detector safely (`weights_only=True`)."
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    spec = json.loads(payload["spec"])
-    consts = {k: v.numpy() for k, v in payload["pad_tables"].items()}
-    net = TFLiteNet(spec, consts)
-    net.load_state_dict(payload["state_dict"], strict=True)
-    return net.eval()
-
 # %% ../nbs/03_blazeface.ipynb #48eb5d40
-def weights_path(model:str="full", root:str|Path|None=None) -> Path:
-    "Where the converted weights of `model` ('short' or 'full') are cached."
+def detector_weights_path(model:str="full", # "short" or "full"
+                          root:str|Path|None=None, # cache folder, or an unpacked model.tar.gz (default `cache_dir()`)
+                         ) -> Path:
+    "Where the converted BlazeFace `model` is kept."
     return Path(root or cache_dir())/"blazeface"/f"blazeface_{model}.pt"
 
 def install_weights(root:str|Path|None=None, # cache folder (default `cache_dir()`)
@@ -370,16 +39,13 @@ def install_weights(root:str|Path|None=None, # cache folder (default `cache_dir(
                     force:bool=False, # convert again even when cached
                    ) -> dict[str, Path]:
     "Fetch the MediaPipe models (checksum-verified) and convert both to PyTorch, unless already cached."
-    targets = {m: weights_path(m, root) for m in MODELS}
-    def current(m): 
-        p = targets[m]
-        if not p.exists(): return False
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-        return payload["source_sha256"] == MODELS[m]["sha256"] and payload.get("format") == CONVERTED_FORMAT
-    if not force and all(current(m) for m in MODELS): return targets
+    targets = {m: detector_weights_path(m, root) for m in MODELS}
+    if not force and all(is_converted(targets[m], spec["weights"].sha256) for m, spec in MODELS.items()):
+        return targets
     with tempfile.TemporaryDirectory() as tmp:
-        sources = fetch_mediapipe_models(tmp, wheel)
-        for m in MODELS: convert_tflite(sources[m], targets[m])
+        sources = fetch({m: spec["weights"] for m, spec in MODELS.items()}, tmp, wheel)
+        for m in MODELS:
+            convert_tflite(sources[m], targets[m])
     return targets
 
 # %% ../nbs/03_blazeface.ipynb #eb5a32e4
@@ -420,14 +86,14 @@ def weighted_nms(dets:np.ndarray, # N x 17: x0, y0, x1, y1, 6 keypoints (x, y), 
 # %% ../nbs/03_blazeface.ipynb #7a8337ad
 class BlazeFace:
     "Batched BlazeFace face detector (MediaPipe short- or full-range model) on CPU or CUDA."
-    def __init__(self, model:str=DEFAULTS.detector, # "short" (128 px) or "full" (192 px)
+    def __init__(self, model:str="full", # "short" (128 px) or "full" (192 px)
                  device:str="cpu", # torch device
                  min_score:float=DEFAULTS.min_face_score, # detections below this confidence are dropped
                  iou_threshold:float=0.3, # weighted-NMS overlap
                  weights:str|Path|None=None, # converted weights (default: the cache)
                 ):
         if model not in MODELS: raise ValueError(f"model must be one of {list(MODELS)}, not {model!r}")
-        path = Path(weights or weights_path(model))
+        path = Path(weights or detector_weights_path(model))
         if not path.exists():
             raise FileNotFoundError(f"BlazeFace weights not found at {path}; run `make install` or `deepfake-mlops weights`")
         self.model, self.size, self.device = model, MODELS[model]["input_size"], torch.device(device)
@@ -499,18 +165,30 @@ def match_iou(reference:np.ndarray, found:np.ndarray) -> np.ndarray:
     return box_iou(reference, found).max(1)
 
 # %% ../nbs/03_blazeface.ipynb #ae8f3aee
+def detector_models(detector:str=DEFAULTS.detector, # "auto", "short" or "full"
+                   ) -> tuple[str, ...]:
+    "The BlazeFace models a detector setting runs, cheapest first: 'auto' is short range, then full range."
+    if detector == "auto":
+        return ("short", "full")
+    return (detector,)
+
 class FaceDetector:
     "A cascade of BlazeFace models: each next model only sees the frames where the previous found no face."
-    def __init__(self, models=("short", "full"), # BlazeFace models, cheapest first
+    def __init__(self, models=DEFAULTS.detector, # a detector setting (see `detector_models`), or BlazeFace models cheapest first
                  device:str="cpu", min_score:float=DEFAULTS.min_face_score, weights_root:str|Path|None=None):
-        if isinstance(models, str): models = ("short", "full") if models == "auto" else (models,)
-        self.stages = [BlazeFace(m, device=device, min_score=min_score, weights=weights_path(m, weights_root)) for m in models]
+        if isinstance(models, str):
+            models = detector_models(models)
+        self.stages = [BlazeFace(m, device=device, min_score=min_score, weights=detector_weights_path(m, weights_root))
+                       for m in models]
+
     def __call__(self, frames:list[np.ndarray]) -> list[np.ndarray]:
         "Per frame, K x 17 detections (see `BlazeFace`), from the first model that found any."
         out = [np.zeros((0, 17), np.float32)] * len(frames)
         todo = list(range(len(frames)))
         for stage in self.stages:
-            if not todo: break
-            for i, dets in zip(todo, stage([frames[i] for i in todo])): out[i] = dets
+            if not todo:
+                break
+            for i, dets in zip(todo, stage([frames[i] for i in todo])):
+                out[i] = dets
             todo = [i for i in todo if len(out[i]) == 0]
         return out

@@ -9,12 +9,23 @@ from __future__ import annotations
 import argparse, json, os, sys
 from pathlib import Path
 
-from .core import DEFAULTS
+from .core import DEFAULTS, TrainConfig, add_options, from_options, local_root
+from .cli_local import add_local_commands
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
-# %% ../nbs/20_cli.ipynb #57cf72ca
+# %% ../nbs/20_cli.ipynb #aee4cb84
+def _weights_parser(sub):
+    p = sub.add_parser("weights", help="fetch the face-detector and backbone weights (checksum-verified) into the cache",
+                       description="Download the mediapipe 0.10.21 wheel from PyPI, check the SHA-256 of its two face "
+                                   "detection models and convert them to PyTorch; fetch and verify the ImageNet backbone "
+                                   "weights. Everything lands in the weights cache. Part of `make install`.")
+    p.add_argument("--cache", type=Path, help="cache folder (default $DEEPFAKE_MLOPS_CACHE or ~/.cache/deepfake-mlops)")
+    p.add_argument("--wheel", type=Path, help="use this local mediapipe wheel instead of downloading it")
+    p.add_argument("--force", action="store_true", help="convert again even when cached")
+    p.set_defaults(func=_weights)
+
 def _weights(args):
     from deepfake_mlops.blazeface import install_weights
     from deepfake_mlops.model import install_backbone_weights
@@ -23,13 +34,41 @@ def _weights(args):
     for name, path in install_backbone_weights(root=args.cache, force=args.force).items(): print(f"backbone {name}: {path}")
     return 0
 
+def _manifest_parser(sub):
+    p = sub.add_parser("manifest", help="list a dataset folder's videos with labels, methods and identity groups",
+                       description="Read FaceForensics++, DFDC, Celeb-DF or a folder with labels.csv into a manifest "
+                                   "(one row per video); a folder of videos without labels reads too, with label UNKNOWN. "
+                                   "Prints CSV, or writes it with --out.")
+    p.add_argument("data_dir", type=Path, help="dataset folder")
+    p.add_argument("--out", type=Path, help="write the manifest CSV here instead of printing it")
+    p.set_defaults(func=_manifest)
+
 def _manifest(args):
     from deepfake_mlops.manifest import read_manifest, write_manifest, manifest_summary
     df = read_manifest(args.data_dir)
-    if args.out: write_manifest(df, args.out); print(f"{len(df)} videos -> {args.out}")
+    if args.out:
+        write_manifest(df, args.out)
+        print(f"{len(df)} videos -> {args.out}")
     else: print(df.to_csv(index=False), end="")
     print(manifest_summary(df).to_string(), file=sys.stderr)
     return 0
+
+# %% ../nbs/20_cli.ipynb #fb227ea8
+def _extract_parser(sub):
+    p = sub.add_parser("extract", help="extract labelled face crops and an index from a dataset's videos",
+                       description="Sample frames uniformly from every video, detect faces with BlazeFace, crop them "
+                                   "and write OUT/faces.csv, OUT/videos.csv and OUT/summary.json. Finished videos are "
+                                   "skipped on a re-run. Exits 1 when some videos failed or showed no face.")
+    p.add_argument("data_dir", type=Path, help="dataset folder (any layout `manifest` reads)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--frames", type=int, default=DEFAULTS.frames_per_video, help="frames sampled per video (default %(default)s)")
+    p.add_argument("--face-size", type=int, default=DEFAULTS.face_size, help="crop side in pixels (default %(default)s)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU core)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for the face detector (default cpu)")
+    p.add_argument("--detector", default=DEFAULTS.detector, choices=["auto", "short", "full"],
+                   help="BlazeFace model: auto = short range, then full range where no face was found (default %(default)s)")
+    p.add_argument("--no-contact-sheet", dest="contact_sheet", action="store_false", help="do not draw OUT/contact_sheet.png")
+    p.set_defaults(func=_extract)
 
 def _extract(args):
     from deepfake_mlops.manifest import read_manifest
@@ -51,22 +90,46 @@ def _print_summary(s, out):
     if len(s["problems"]) > 20: print(f"  ... {len(s['problems']) - 20} more in {Path(out)/'videos.csv'}")
     print(f"index: {Path(out)/'faces.csv'}")
 
+# %% ../nbs/20_cli.ipynb #889e52ba
+def _train_parser(sub):
+    p = sub.add_parser("train", help="train the detector on an extraction folder (identity-grouped split, early stopping)",
+                       description="Train on the crops of FACES_DIR; the split, metrics, checkpoints and the best model go "
+                                   "to OUT. A killed run resumes from its checkpoint.")
+    p.add_argument("faces_dir", type=Path, help="an extraction output folder (deepfake-mlops extract)")
+    p.add_argument("--out", type=Path, required=True, help="model folder")
+    add_options(p, TrainConfig)
+    p.add_argument("--split", type=Path, help="use this split.csv")
+    p.add_argument("--checkpoint-dir", type=Path)
+    p.set_defaults(func=_train)
+
 def _train(args):
-    from dataclasses import fields
-    from deepfake_mlops.train import TrainConfig, train
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None})
-    summary = train(args.faces_dir, args.out, cfg, split=args.split, checkpoint_dir=args.checkpoint_dir)
+    from deepfake_mlops.train import train
+    summary = train(args.faces_dir, args.out, from_options(TrainConfig, args), split=args.split, checkpoint_dir=args.checkpoint_dir)
     best = summary["best"] or {}
     print(f"best epoch {best.get('epoch')}: validation video AUC {best.get('auc', float('nan')):.3f}, "
           f"log loss {best.get('log_loss', float('nan')):.3f}; model in {args.out}")
     return 0
 
+def _evaluate_parser(sub):
+    p = sub.add_parser("evaluate", help="evaluate a model on videos or crops: video-level metrics with intervals, plots",
+                       description="Score DATA (raw videos in any layout, or an extraction folder) with MODEL_DIR and "
+                                   "write OUT/evaluation.json (SageMaker model-quality format), scores and plots.")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--subset", default="auto", help="auto (the model's test split when it covers the data), all, train, val or test")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_evaluate)
+
 def _evaluate(args):
     from deepfake_mlops.evaluate import evaluate_model, summary_line
     report = evaluate_model(args.model_dir, args.data_dir, args.out, subset=args.subset, device=args.device, workers=args.workers)
-    print(summary_line(report)); print(f"report: {args.out/'evaluation.json'}")
+    print(summary_line(report))
+    print(f"report: {args.out/'evaluation.json'}")
     return 0
 
+# %% ../nbs/20_cli.ipynb #d58b07b0
 def _model_location(model:str, root:Path) -> Path:
     "A model folder or model.tar.gz, given as a path or as a registry reference (GROUP:VERSION, GROUP:latest-approved)."
     if Path(model).exists(): return Path(model)
@@ -79,26 +142,64 @@ def _model_location(model:str, root:Path) -> Path:
     print(f"{model} is {record['ref']} ({record['status']}): {record['model_data']}", file=sys.stderr)
     return Path(record["model_data"])
 
+def _predict_parser(sub):
+    p = sub.add_parser("predict", help="say whether videos are fake, with a trained model folder or model.tar.gz",
+                       description="Sample frames, find the face, score it and average: prints a table (or JSON). "
+                                   "Exits 1 when some videos could not be judged (unreadable, no face).")
+    p.add_argument("model", help="a model folder (deepfake-mlops train), a model.tar.gz, or a registry reference "
+                                 "such as deepfake-detection:latest-approved")
+    p.add_argument("--root", type=Path, default=local_root(), help="local engine folder whose registry resolves references")
+    p.add_argument("videos", nargs="+", type=Path, help="video files, or folders: every video under a folder (labelled or not)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=_predict)
+
+def _videos_in(paths:list[Path]) -> list[Path]:
+    "The videos to judge: files as given, folders as every video under them."
+    from deepfake_mlops.manifest import VIDEO_EXTS, find_videos
+    videos = []
+    for path in paths:
+        found = find_videos(path) if path.is_dir() else [path]
+        if not found: raise ValueError(f"{path}: no video files in this folder (looked for {', '.join(VIDEO_EXTS)})")
+        videos += found
+    return videos
+
 def _predict(args):
     import tempfile
     from deepfake_mlops.inference import DeepfakeDetector, NoFaceError, safe_extract
     from deepfake_mlops.video import VideoError
+    videos = _videos_in(args.videos)  # before the model loads: a wrong folder is said at once
     model = _model_location(args.model, args.root)
     if model.is_file(): model = safe_extract(model, tempfile.mkdtemp(prefix="deepfake-model-"))
     detector = DeepfakeDetector(model, args.device)
     results, failed = [], 0
-    for video in args.videos:
+    for video in videos:
         try: results.append(dict(video=str(video), **detector.predict_video(video)))
         except (VideoError, NoFaceError) as e:
-            failed += 1; results.append(dict(video=str(video), error=str(e)))
+            failed += 1
+            results.append(dict(video=str(video), error=str(e)))
     if args.json: print(json.dumps(results, indent=2))
-    else:
-        print(f"{'video':50} {'label':6} {'p(fake)':>8} {'faces':>6}")
-        for r in results:
-            if "error" in r: print(f"{r['video'][-50:]:50} error: {r['error']}")
-            else: print(f"{r['video'][-50:]:50} {r['label']:6} {r['probability']:8.3f} {r['faces_found']:6d}")
-        print(f"threshold {detector.threshold:.3f}, model {detector.version}")
+    else: _print_verdicts(results, detector)
     return 1 if failed else 0
+
+def _print_verdicts(results, detector):
+    print(f"{'video':50} {'label':6} {'p(fake)':>8} {'faces':>6}")
+    for r in results:
+        if "error" in r: print(f"{r['video'][-50:]:50} error: {r['error']}")
+        else: print(f"{r['video'][-50:]:50} {r['label']:6} {r['probability']:8.3f} {r['faces_found']:6d}")
+    print(f"threshold {detector.threshold:.3f}, model {detector.version}")
+
+# %% ../nbs/20_cli.ipynb #09408b82
+def _serve_parser(sub):
+    p = sub.add_parser("serve", help="serve a model on the SageMaker inference contract (GET /ping, POST /invocations)",
+                       description="Answer POST /invocations with video/mp4, image/jpeg, image/png or application/json "
+                                   "({\"path\": ...} or {\"s3_uri\": ...}) bodies; bad requests get 4xx JSON answers.")
+    p.add_argument("model", help="a model folder, a model.tar.gz or a registry reference (GROUP:VERSION, GROUP:latest-approved)")
+    p.add_argument("--root", type=Path, default=local_root(), help="local engine folder whose registry resolves references")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default %(default)s, SageMaker's)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=_serve)
 
 def _serve(args):
     import tempfile, threading
@@ -111,6 +212,22 @@ def _serve(args):
     try: threading.Event().wait()
     except KeyboardInterrupt: server.shutdown()
     return 0
+
+def _deploy_parser(sub):
+    from deepfake_mlops.deploy import DEFAULT_GROUP, STAGES  # light: boto3 is imported only to deploy
+    p = sub.add_parser("deploy", help="deploy the newest Approved model package of a group to the stage's SageMaker endpoint",
+                       description="Find the newest Approved version of the model package group, make a model and an "
+                                   "endpoint configuration (the stage's instances, data capture to S3) from it, and create "
+                                   "the endpoint GROUP-STAGE or update it in place. Exits 2 when nothing is approved.")
+    p.add_argument("--stage", required=True, choices=list(STAGES), help="settings per stage: deploy.STAGES")
+    p.add_argument("--group", default=DEFAULT_GROUP, help="model package group (default %(default)s)")
+    p.add_argument("--role", help="IAM role ARN the model runs as (default $SAGEMAKER_EXECUTION_ROLE_ARN)")
+    p.add_argument("--region", help="AWS region (default $AWS_REGION, then $AWS_DEFAULT_REGION)")
+    p.add_argument("--capture-s3-uri", help="S3 prefix for captured requests and answers")
+    p.add_argument("--bucket", help="or a bucket: capture goes to s3://BUCKET/GROUP/data-capture")
+    p.add_argument("--dry-run", action="store_true", help="only read, and print what would be done")
+    p.add_argument("--wait", action="store_true", help="wait until the endpoint is InService")
+    p.set_defaults(func=_deploy)
 
 def _deploy(args):
     from botocore.exceptions import BotoCoreError, ClientError
@@ -127,226 +244,46 @@ def _deploy(args):
     print(f"endpoint {done['endpoint']} in {done['region']}: {done['action']}" + (" (dry run: nothing was changed)" if done["dry_run"] else ""))
     return 0
 
+# %% ../nbs/20_cli.ipynb #190118f4
+def _contact_sheet_parser(sub):
+    p = sub.add_parser("contact-sheet", help="draw a PNG grid of face crops, one row per video",
+                       description="Draw the crops of an extraction folder as a labelled grid.")
+    p.add_argument("faces_dir", type=Path, help="an extraction output folder")
+    p.add_argument("--png", type=Path, help="output file (default FACES_DIR/contact_sheet.png)")
+    p.add_argument("--per-video", type=int, default=8, help="crops per row (default %(default)s)")
+    p.add_argument("--max-videos", type=int, default=40, help="rows (default %(default)s)")
+    p.set_defaults(func=_contact_sheet)
+
 def _contact_sheet(args):
     from deepfake_mlops.faces import contact_sheet
     print(contact_sheet(args.faces_dir, args.png, per_video=args.per_video, max_videos=args.max_videos))
     return 0
+
+def _demo_parser(sub):
+    p = sub.add_parser("demo", help="render small labelled demo clips from face photos shipped with installed packages",
+                       description="A smoke-test dataset (labels.csv layout) that needs no download.")
+    p.add_argument("out", type=Path, help="folder to create")
+    p.add_argument("--n-real", type=int, default=4)
+    p.add_argument("--n-fake", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
 
 def _demo(args):
     from deepfake_mlops.demo import render_demo_clips
     print(render_demo_clips(args.out, n_real=args.n_real, n_fake=args.n_fake, seed=args.seed))
     return 0
 
-def _pipeline_definition(args):
-    from deepfake_mlops.pipeline import definition_json
-    text = definition_json(args.region, args.role, args.bucket, pipeline_name=args.pipeline_name,
-                           model_package_group_name=args.model_package_group, base_job_prefix=args.base_job_prefix)
-    if args.out is None: sys.stdout.write(text)
-    else:
-        from deepfake_mlops.core import atomic_write_text
-        atomic_write_text(args.out, text); print(f"wrote {args.out} ({len(text)} bytes)")
-    return 0
+# %% ../nbs/20_cli.ipynb #3d8fc3bc
+_PARSERS = (_weights_parser, _manifest_parser, _extract_parser, _train_parser, _evaluate_parser, _predict_parser,
+            _serve_parser, _deploy_parser, _contact_sheet_parser, _demo_parser, add_local_commands)
 
-def _run(args):
-    from deepfake_mlops.local import evaluation_folder, registered_version, run_local
-    definition = json.loads(args.definition.read_text()) if args.definition else None
-    execution = run_local(args.root, args.data, args.param, use_cache=not args.no_cache, definition=definition)
-    print(f"execution {execution['id']}: {execution['status']}")
-    folder = evaluation_folder(args.root, execution)
-    if folder is not None:
-        m = json.loads((folder/"evaluation.json").read_text())["video"]["at_threshold"]
-        print(f"test videos: AUC {m['auc']:.3f}, log loss {m['log_loss']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} ({folder})")
-    version = registered_version(execution)
-    if version: print(f"registered {version['group']}:{version['version']} (PendingManualApproval unless ModelApprovalStatus was given)")
-    else: print("nothing registered" + (f": {execution['message']}" if execution["message"] else ""))
-    return 0 if execution["status"] == "Succeeded" else 1
-
-def _models(args):
-    from deepfake_mlops.registry import Registry
-    reg = Registry(Path(args.root)/"registry.db")
-    if args.action == "list":
-        rows = reg.list(args.group, args.status)
-        if args.json: print(json.dumps(rows, indent=2)); return 0
-        print(f"{'model':28} {'status':22} {'auc':>6} {'created':26} artifact")
-        for r in rows: print(f"{r['ref']:28} {r['status']:22} {r['metrics'].get('auc') or float('nan'):6.3f} {r['created']:26} {r['model_data']}")
-        return 0
-    if not args.ref: raise ValueError(f"models {args.action} needs a model reference such as deepfake-detection:3")
-    try: record = reg.resolve(args.ref)
-    except KeyError as e: raise ValueError(str(e).strip("'\"")) from None
-    if args.action in ("approve", "reject"):
-        record = reg.set_status(record["group_name"], record["version"], "Approved" if args.action == "approve" else "Rejected", args.note)
-    print(json.dumps(record, indent=2))
-    return 0
-
-def _executions(args):
-    from deepfake_mlops.local import LocalEngine
-    engine = LocalEngine(args.root)
-    if args.action == "list":
-        for e in engine.executions(args.limit): print(f"{e['id']:34} {e['status']:10} {e['started']}  {e['message'][:80]}")
-        return 0
-    if not args.id: raise ValueError("executions show needs an execution id (see `deepfake-mlops executions list`)")
-    try: e = engine.describe(args.id)
-    except KeyError as err: raise ValueError(str(err).strip("'\"")) from None
-    print(f"{e['id']}: {e['status']} {e['message']}")
-    for s in e["steps"]:
-        print(f"  {s['name']:24} {s['status']:10} {s['seconds'] or 0:7.1f} s  {'cache hit' if s['cache_hit'] else '':9}  {s['log']}")
-    return 0
-
-# %% ../nbs/20_cli.ipynb #232596eb
 def build_parser() -> argparse.ArgumentParser:
     "The `deepfake-mlops` argument parser, one subparser per command."
     p = argparse.ArgumentParser(prog="deepfake-mlops",
                                 description="Deepfake video detection, from research notebook to production model.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    w = sub.add_parser("weights", help="fetch the face-detector and backbone weights (checksum-verified) into the cache",
-                       description="Download the mediapipe 0.10.21 wheel from PyPI, check the SHA-256 of its two face "
-                                   "detection models and convert them to PyTorch; fetch and verify the ImageNet backbone "
-                                   "weights. Everything lands in the weights cache. Part of `make install`.")
-    w.add_argument("--cache", type=Path, help="cache folder (default $DEEPFAKE_MLOPS_CACHE or ~/.cache/deepfake-mlops)")
-    w.add_argument("--wheel", type=Path, help="use this local mediapipe wheel instead of downloading it")
-    w.add_argument("--force", action="store_true", help="convert again even when cached")
-    w.set_defaults(func=_weights)
-
-    m = sub.add_parser("manifest", help="list a dataset folder's videos with labels, methods and identity groups",
-                       description="Read FaceForensics++, DFDC, Celeb-DF or a folder with labels.csv into a manifest "
-                                   "(one row per video). Prints CSV, or writes it with --out.")
-    m.add_argument("data_dir", type=Path, help="dataset folder")
-    m.add_argument("--out", type=Path, help="write the manifest CSV here instead of printing it")
-    m.set_defaults(func=_manifest)
-
-    e = sub.add_parser("extract", help="extract labelled face crops and an index from a dataset's videos",
-                       description="Sample frames uniformly from every video, detect faces with BlazeFace, crop them "
-                                   "and write OUT/faces.csv, OUT/videos.csv and OUT/summary.json. Finished videos are "
-                                   "skipped on a re-run. Exits 1 when some videos failed or showed no face.")
-    e.add_argument("data_dir", type=Path, help="dataset folder (any layout `manifest` reads)")
-    e.add_argument("--out", type=Path, required=True, help="output folder")
-    e.add_argument("--frames", type=int, default=DEFAULTS.frames_per_video, help="frames sampled per video (default %(default)s)")
-    e.add_argument("--face-size", type=int, default=DEFAULTS.face_size, help="crop side in pixels (default %(default)s)")
-    e.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU core)")
-    e.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for the face detector (default cpu)")
-    e.add_argument("--detector", default="auto", choices=["auto", "short", "full"],
-                   help="BlazeFace model: auto = short range, then full range where no face was found (default)")
-    e.add_argument("--no-contact-sheet", dest="contact_sheet", action="store_false", help="do not draw OUT/contact_sheet.png")
-    e.set_defaults(func=_extract)
-
-    t = sub.add_parser("train", help="train the detector on an extraction folder (identity-grouped split, early stopping)",
-                       description="Train on the crops of FACES_DIR; the split, metrics, checkpoints and the best model go "
-                                   "to OUT. A killed run resumes from its checkpoint.")
-    t.add_argument("faces_dir", type=Path, help="an extraction output folder (deepfake-mlops extract)")
-    t.add_argument("--out", type=Path, required=True, help="model folder")
-    t.add_argument("--epochs", type=int); t.add_argument("--batch-size", type=int); t.add_argument("--lr", type=float)
-    t.add_argument("--backbone", help="mobilenet_v2 (default) or efficientnet_lite0")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--blend", choices=["sbi", "mix", "none"], help="self-blended fakes: sbi, mix (with the dataset's fakes), none")
-    t.add_argument("--workers", type=int, help="DataLoader processes"); t.add_argument("--seed", type=int)
-    t.add_argument("--split", type=Path, help="use this split.csv"); t.add_argument("--checkpoint-dir", type=Path)
-    t.set_defaults(func=_train)
-
-    v = sub.add_parser("evaluate", help="evaluate a model on videos or crops: video-level metrics with intervals, plots",
-                       description="Score DATA (raw videos in any layout, or an extraction folder) with MODEL_DIR and "
-                                   "write OUT/evaluation.json (SageMaker model-quality format), scores and plots.")
-    v.add_argument("model_dir", type=Path); v.add_argument("data_dir", type=Path)
-    v.add_argument("--out", type=Path, required=True)
-    v.add_argument("--subset", default="auto", help="auto (the model's test split when it covers the data), all, train, val or test")
-    v.add_argument("--device", default="cpu", choices=["cpu", "cuda"]); v.add_argument("--workers", type=int, default=2)
-    v.set_defaults(func=_evaluate)
-
-    pr = sub.add_parser("predict", help="say whether videos are fake, with a trained model folder or model.tar.gz",
-                        description="Sample frames, find the face, score it and average: prints a table (or JSON). "
-                                    "Exits 1 when some videos could not be judged (unreadable, no face).")
-    pr.add_argument("model", help="a model folder (deepfake-mlops train), a model.tar.gz, or a registry reference "
-                                  "such as deepfake-detection:latest-approved")
-    pr.add_argument("--root", type=Path, default=_default_root(), help="local engine folder whose registry resolves references")
-    pr.add_argument("videos", nargs="+", type=Path, help="video files")
-    pr.add_argument("--json", action="store_true", help="machine-readable output")
-    pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    pr.set_defaults(func=_predict)
-
-    sv = sub.add_parser("serve", help="serve a model on the SageMaker inference contract (GET /ping, POST /invocations)",
-                        description="Answer POST /invocations with video/mp4, image/jpeg, image/png or application/json "
-                                    "({\"path\": ...} or {\"s3_uri\": ...}) bodies; bad requests get 4xx JSON answers.")
-    sv.add_argument("model", help="a model folder, a model.tar.gz or a registry reference (GROUP:VERSION, GROUP:latest-approved)")
-    sv.add_argument("--root", type=Path, default=_default_root(), help="local engine folder whose registry resolves references")
-    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8080, help="port (default %(default)s, SageMaker's)")
-    sv.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    sv.set_defaults(func=_serve)
-
-    from deepfake_mlops.deploy import DEFAULT_GROUP, STAGES  # light: boto3 is imported only to deploy
-    dp = sub.add_parser("deploy", help="deploy the newest Approved model package of a group to the stage's SageMaker endpoint",
-                        description="Find the newest Approved version of the model package group, make a model and an "
-                                    "endpoint configuration (the stage's instances, data capture to S3) from it, and create "
-                                    "the endpoint GROUP-STAGE or update it in place. Exits 2 when nothing is approved.")
-    dp.add_argument("--stage", required=True, choices=list(STAGES), help="settings per stage: deploy.STAGES")
-    dp.add_argument("--group", default=DEFAULT_GROUP, help="model package group (default %(default)s)")
-    dp.add_argument("--role", help="IAM role ARN the model runs as (default $SAGEMAKER_EXECUTION_ROLE_ARN)")
-    dp.add_argument("--region", help="AWS region (default $AWS_REGION, then $AWS_DEFAULT_REGION)")
-    dp.add_argument("--capture-s3-uri", help="S3 prefix for captured requests and answers")
-    dp.add_argument("--bucket", help="or a bucket: capture goes to s3://BUCKET/GROUP/data-capture")
-    dp.add_argument("--dry-run", action="store_true", help="only read, and print what would be done")
-    dp.add_argument("--wait", action="store_true", help="wait until the endpoint is InService")
-    dp.set_defaults(func=_deploy)
-
-    c = sub.add_parser("contact-sheet", help="draw a PNG grid of face crops, one row per video",
-                       description="Draw the crops of an extraction folder as a labelled grid.")
-    c.add_argument("faces_dir", type=Path, help="an extraction output folder")
-    c.add_argument("--png", type=Path, help="output file (default FACES_DIR/contact_sheet.png)")
-    c.add_argument("--per-video", type=int, default=8, help="crops per row (default %(default)s)")
-    c.add_argument("--max-videos", type=int, default=40, help="rows (default %(default)s)")
-    c.set_defaults(func=_contact_sheet)
-
-    d = sub.add_parser("demo", help="render small labelled demo clips from face photos shipped with installed packages",
-                       description="A smoke-test dataset (labels.csv layout) that needs no download.")
-    d.add_argument("out", type=Path, help="folder to create")
-    d.add_argument("--n-real", type=int, default=4); d.add_argument("--n-fake", type=int, default=4)
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=_demo)
-
-    pl = sub.add_parser("pipeline", help="the SageMaker pipeline: print its definition JSON (no AWS account needed)")
-    pl.add_argument("action", choices=["definition"])
-    pl.add_argument("--out", type=Path, default=None, help="file to write (default: standard output)")
-    env, local = os.environ.get, _local_target()
-    pl.add_argument("--region", default=env("AWS_REGION") or env("AWS_DEFAULT_REGION") or local.region)
-    pl.add_argument("--role", default=env("SAGEMAKER_PIPELINE_ROLE_ARN") or local.role, help="IAM role ARN (default $SAGEMAKER_PIPELINE_ROLE_ARN)")
-    pl.add_argument("--bucket", default=env("ARTIFACT_BUCKET") or local.bucket, help="default bucket (default $ARTIFACT_BUCKET)")
-    pl.add_argument("--pipeline-name", default=local.pipeline_name)
-    pl.add_argument("--model-package-group", default=local.model_package_group_name)
-    pl.add_argument("--base-job-prefix", default=local.base_job_prefix)
-    pl.set_defaults(func=_pipeline_definition)
-
-    root = dict(type=Path, default=_default_root(),
-                help="local engine folder: artifact store, executions, registry (default runs/local or $DEEPFAKE_MLOPS_LOCAL_ROOT)")
-    r = sub.add_parser("run", help="run the whole pipeline on this machine: extract, train, evaluate, gate, register",
-                       description="Runs the definition get_pipeline() builds with the local engine (no Docker, no AWS).")
-    r.add_argument("--data", type=Path, default=None, help="dataset folder (default: rendered demo clips, a smoke test)")
-    r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter override (repeatable)")
-    r.add_argument("--no-cache", action="store_true", help="run every step even when a cached result exists")
-    r.add_argument("--definition", type=Path, default=None, help="run this definition JSON instead of building one")
-    r.add_argument("--root", **root)
-    r.set_defaults(func=_run)
-
-    mo = sub.add_parser("models", help="the local model registry: list, show, approve or reject versions")
-    mo.add_argument("action", choices=["list", "show", "approve", "reject"])
-    mo.add_argument("ref", nargs="?", help="GROUP:VERSION, GROUP:latest or GROUP:latest-approved")
-    mo.add_argument("--group", default=None); mo.add_argument("--status", default=None)
-    mo.add_argument("--note", default="", help="why (approve/reject)"); mo.add_argument("--json", action="store_true")
-    mo.add_argument("--root", **root)
-    mo.set_defaults(func=_models)
-
-    ex = sub.add_parser("executions", help="local pipeline executions: list, or show one with its steps")
-    ex.add_argument("action", choices=["list", "show"]); ex.add_argument("id", nargs="?")
-    ex.add_argument("--limit", type=int, default=20); ex.add_argument("--root", **root)
-    ex.set_defaults(func=_executions)
+    for add in _PARSERS: add(sub)
     return p
-
-def _default_root() -> Path:
-    "The local engine's folder: $DEEPFAKE_MLOPS_LOCAL_ROOT, else runs/local."
-    return Path(os.environ.get("DEEPFAKE_MLOPS_LOCAL_ROOT") or "runs/local")
-
-def _local_target():
-    from deepfake_mlops.local import LOCAL
-    return LOCAL
 
 # %% ../nbs/20_cli.ipynb #93573b00
 def main(argv:list[str]|None=None) -> int:

@@ -6,13 +6,15 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #6e88e718
 from __future__ import annotations
-import contextlib, hashlib, os, sqlite3, tempfile
-from dataclasses import dataclass
+import argparse, contextlib, hashlib, inspect, os, re, sqlite3, tempfile, typing
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'Defaults', 'cache_dir', 'shared_datasets', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
-           'sha256_file', 'connect', 'write_transaction', 'create_schema']
+__all__ = ['DEFAULTS', 'VIDEO_TYPES', 'IMAGE_TYPES', 'JSON_TYPE', 'CONTENT_TYPES', 'Defaults', 'TrainConfig', 'field_comments',
+           'add_options', 'from_options', 'cache_dir', 'local_root', 'shared_datasets', 'atomic_path',
+           'atomic_write_bytes', 'atomic_write_text', 'sha256_file', 'connect', 'write_transaction', 'create_schema']
 
 # %% ../nbs/00_core.ipynb #53e24aea
 @dataclass(frozen=True)
@@ -28,10 +30,82 @@ class Defaults:
 
 DEFAULTS = Defaults()
 
+# what the model server accepts, and so what a registered model package declares (one list for both)
+VIDEO_TYPES = ("video/mp4", "video/quicktime", "video/webm", "video/x-matroska", "video/x-msvideo", "application/octet-stream")
+IMAGE_TYPES = ("image/jpeg", "image/png")  # one face crop or frame
+JSON_TYPE = "application/json"  # {"s3_uri": ...} or {"path": ...} of a video
+CONTENT_TYPES = VIDEO_TYPES + IMAGE_TYPES + (JSON_TYPE,)
+
+# %% ../nbs/00_core.ipynb #a12f7565
+@dataclass
+class TrainConfig:
+    "Everything that defines a training run; the CLI and the SageMaker entry point make their options from it."
+    backbone: str = "mobilenet_v2"  # a name in `model.BACKBONES`: mobilenet_v2 or efficientnet_lite0
+    epochs: int = 8  # most epochs to run (early stopping may end sooner)
+    batch_size: int = 32  # crops per optimisation step (per process)
+    lr: float = 3e-4  # AdamW learning rate (cosine decay to 1/20 of it)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    blend: Literal["sbi", "mix", "none"] = "mix"  # self-blended fakes: "sbi" real crops and their self-blended fakes only, "mix" with the dataset's fakes, "none" no blending
+    blend_prob: float = 0.5  # with blend="sbi": chance that a real crop becomes a self-blended fake
+    augment_p: float = 0.3  # probability of each augmentation
+    crops_per_video: int = 16  # training crops drawn per video and epoch (frames of one video are near-duplicates)
+    patience: int = 3  # epochs without improvement before stopping
+    seed: int = 0  # seeds the split, the sampling and the weights
+    workers: int = 2  # DataLoader processes
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # "auto": cuda when available, else cpu
+    pretrained: bool = True  # ImageNet weights for the backbone
+
+# %% ../nbs/00_core.ipynb #d6d3e5ee
+def field_comments(cls) -> dict[str, str]:
+    "The inline comment of each field of the dataclass `cls`, read from its source ({} when there is no source)."
+    try: source = inspect.getsource(cls)
+    except (OSError, TypeError): return {}
+    names = {f.name for f in fields(cls)}
+    comments = {}
+    for line in source.splitlines():
+        # `name: type = default  # comment`: a default holding "#" would need a tokenizer, and no field has one
+        m = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.*\S)", line)
+        if m and m[1] in names: comments[m[1]] = m[2]
+    return comments
+
+# %% ../nbs/00_core.ipynb #5df98bc0
+def _truthy(text) -> bool:
+    "A boolean option's value; SageMaker passes hyperparameters as text ('True', 'false', '1')."
+    return str(text).lower() in ("1", "true", "yes")
+
+def _option_kind(hint) -> dict:
+    "The argparse `type` (and `choices`) of a field annotated `hint`."
+    if typing.get_origin(hint) is Literal: return dict(type=str, choices=list(typing.get_args(hint)))
+    if hint is bool: return dict(type=_truthy)
+    return dict(type=hint if hint in (int, float) else str)
+
+def add_options(parser:argparse.ArgumentParser, # a parser, subparser or argument group
+                cls, # a dataclass whose fields become `--field-name` options
+               ):
+    "Add an option per field of `cls` to `parser`: type, choices and default from the field, help from its comment."
+    hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
+    for f in fields(cls):
+        note = comments.get(f.name, "").replace("%", "%%")  # argparse expands % in help texts
+        text = f"{note} (default %(default)s)" if note else "default %(default)s"
+        parser.add_argument(f"--{f.name.replace('_', '-')}", default=f.default, help=text, **_option_kind(hints[f.name]))
+    return parser
+
+def from_options(cls, # the dataclass given to `add_options`
+                 args:argparse.Namespace, # the parsed options
+                ):
+    "An instance of `cls` from the options `add_options` made."
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
 # %% ../nbs/00_core.ipynb #4b0a3a8d
 def cache_dir() -> Path:
     "Folder where converted weights are cached (`$DEEPFAKE_MLOPS_CACHE`, default `~/.cache/deepfake-mlops`)."
     return Path(os.environ.get("DEEPFAKE_MLOPS_CACHE") or Path.home()/".cache"/"deepfake-mlops")
+
+# %% ../nbs/00_core.ipynb #7fcae540
+def local_root() -> Path:
+    "The local engine's folder (`$DEEPFAKE_MLOPS_LOCAL_ROOT`, default `runs/local`)."
+    return Path(os.environ.get("DEEPFAKE_MLOPS_LOCAL_ROOT") or "runs/local")
 
 # %% ../nbs/00_core.ipynb #47ff6b85
 def shared_datasets(name:str|None=None, # a sub-folder such as "ffpp" or "dfdc"

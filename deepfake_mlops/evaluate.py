@@ -183,19 +183,30 @@ def plot_mistakes(frames:pd.DataFrame, threshold:float, n:int=8):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/09_evaluate.ipynb #95da6358
-def _faces_for(data_dir, out_dir, device, config):
-    "An extraction folder for `data_dir`: itself, or faces extracted the way the model's training crops were."
-    from deepfake_mlops.faces import extract_faces
-    from deepfake_mlops.manifest import read_manifest
+# %% ../nbs/09_evaluate.ipynb #b00bf7c2
+def _labelled_manifest(data_dir):
+    "The manifest of raw videos, or None for an extraction folder; refuses videos without labels."
+    from deepfake_mlops.manifest import read_manifest, read_manifest_csv, require_labels
     data_dir = Path(data_dir)
-    if (data_dir/"faces.csv").exists(): return data_dir
+    if (data_dir/"faces.csv").exists():
+        saved = data_dir/"manifest.csv"
+        if saved.exists(): require_labels(read_manifest_csv(saved), saved, "evaluation")
+        return None
+    manifest = read_manifest(data_dir)
+    require_labels(manifest, data_dir, "evaluation")
+    return manifest
+
+def _faces_for(data_dir, manifest, out_dir, device, config):
+    "An extraction folder for `data_dir`: itself, or the faces of `manifest` extracted the way the model's training crops were."
+    from deepfake_mlops.faces import extract_faces
+    if manifest is None: return Path(data_dir)
     faces = Path(out_dir)/"faces"
-    extract_faces(read_manifest(data_dir), faces, frames=config.get("frames_per_video", DEFAULTS.frames_per_video),
+    extract_faces(manifest, faces, frames=config.get("frames_per_video", DEFAULTS.frames_per_video),
                   face_size=config.get("face_size", DEFAULTS.face_size), margin=config.get("margin", DEFAULTS.face_margin),
-                  detector=config.get("detector", "auto"), device=device, progress=False)
+                  detector=config.get("detector", DEFAULTS.detector), device=device, progress=False)
     return faces
 
+# %% ../nbs/09_evaluate.ipynb #60be5ae1
 def evaluate_model(model_dir:str|Path, # a saved model (`model.save_model`)
                    data_dir:str|Path, # raw videos or an extraction folder
                    out_dir:str|Path, # where evaluation.json, scores and plots go
@@ -205,11 +216,13 @@ def evaluate_model(model_dir:str|Path, # a saved model (`model.save_model`)
     "Score a dataset with a saved model and write the full evaluation; returns the report."
     from deepfake_mlops.model import load_model
     from deepfake_mlops.data import read_crops, read_split
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _labelled_manifest(data_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(model_dir, device)
     split_file = Path(model_dir)/"split.csv"
     split = read_split(split_file) if split_file.exists() else None
-    crops = read_crops(_faces_for(data_dir, out_dir, device, model.config), split)
+    crops = read_crops(_faces_for(data_dir, manifest, out_dir, device, model.config), split)
     if subset == "auto":
         covered = split is not None and crops["split"].ne("").all()
         subset = "test" if covered else "all"
@@ -219,17 +232,21 @@ def evaluate_model(model_dir:str|Path, # a saved model (`model.save_model`)
     threshold = float(model.config.get("threshold", 0.5))
     report = evaluation_report(rows, threshold, n_boot)
     report.update(model_dir=str(model_dir), data=str(data_dir), subset=subset)
+    _write_outputs(report, rows, threshold, out_dir, f"{Path(data_dir).name}: {subset}")
+    return report
+
+def _write_outputs(report, rows, threshold, out_dir, title):
+    "evaluation.json, the per-video and per-frame scores and the two plots."
     write_evaluation(report, out_dir/"evaluation.json")
     videos = video_scores(rows)
     with atomic_path(out_dir/"videos.csv") as p: videos.to_csv(p, index=False)
     with atomic_path(out_dir/"frames.csv") as p: rows.drop(columns=["kps"], errors="ignore").to_csv(p, index=False)
-    import matplotlib; matplotlib.use("Agg", force=False)
+    import matplotlib
+    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    for name, fig in [("evaluation.png", plot_evaluation(videos, threshold, f"{Path(data_dir).name}: {subset}")),
-                      ("mistakes.png", plot_mistakes(rows, threshold))]:
+    for name, fig in [("evaluation.png", plot_evaluation(videos, threshold, title)), ("mistakes.png", plot_mistakes(rows, threshold))]:
         with atomic_path(out_dir/name) as p: fig.savefig(p, dpi=90, format="png")
         plt.close(fig)
-    return report
 
 def summary_line(report:dict) -> str:
     "One line with the headline numbers of a report."

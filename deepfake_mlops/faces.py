@@ -121,7 +121,7 @@ def _face_rows(meta, frame, dets, ids, main, crop_dir, face_size, margin, jpeg_q
 
 def extract_video(video:dict, # a manifest row (needs video_id, path and the VIDEO_META fields)
                   out_dir:str|Path, # extraction output folder
-                  detector:FaceDetector,
+                  face_detector:FaceDetector, # runs the detector setting (see `blazeface.FaceDetector`)
                   frames:int=DEFAULTS.frames_per_video,
                   face_size:int=DEFAULTS.face_size,
                   margin:float=DEFAULTS.face_margin,
@@ -132,7 +132,7 @@ def extract_video(video:dict, # a manifest row (needs video_id, path and the VID
     out_dir = Path(out_dir)
     meta = {k: video.get(k, "") for k in VIDEO_META}
     sampled = sample_frames(video["path"], frames, threads=decode_threads)
-    dets = detector([f.image for f in sampled])
+    dets = face_detector([f.image for f in sampled])
     ids = link_tracks(dets)
     main = main_track(dets, ids)
     final = out_dir/"crops"/meta["video_id"]
@@ -151,14 +151,14 @@ def extract_video(video:dict, # a manifest row (needs video_id, path and the VID
 # %% ../nbs/05_faces.ipynb #6bfb4714
 _worker = {}
 
-def _init_worker(models, device, weights_root, threads):
+def _init_worker(detector, device, weights_root, threads):
     import torch
     if threads: torch.set_num_threads(threads); cv2.setNumThreads(threads)
-    _worker["detector"] = FaceDetector(models, device=device, weights_root=weights_root)
+    _worker["face_detector"] = FaceDetector(detector, device=device, weights_root=weights_root)
 
 def _run_one(video, out_dir, kw):
     "Extract one video in a worker; returns (video_id, why it failed or '' when its part file was written)."
-    try: extract_video(video, out_dir, _worker["detector"], **kw)
+    try: extract_video(video, out_dir, _worker["face_detector"], **kw)
     except VideoError as e: return video["video_id"], str(e)
     except Exception as e:  # an unexpected error in one video must not sink the batch
         return video["video_id"], f"{video.get('path')}: {type(e).__name__}: {e}"
@@ -181,10 +181,10 @@ def _check_settings(out_dir, settings):
 
 def _check_weights(detector, weights_root):
     "Fail before any work when the detector weights are not installed (workers would only crash)."
-    from deepfake_mlops.blazeface import weights_path
-    for m in (("short", "full") if detector == "auto" else (detector,)):
-        if not weights_path(m, weights_root).exists():
-            raise FileNotFoundError(f"BlazeFace weights not found at {weights_path(m, weights_root)}; "
+    from deepfake_mlops.blazeface import detector_models, detector_weights_path
+    for m in detector_models(detector):
+        if not detector_weights_path(m, weights_root).exists():
+            raise FileNotFoundError(f"BlazeFace weights not found at {detector_weights_path(m, weights_root)}; "
                                     "run `make install` or `deepfake-mlops weights`")
 
 def _remove_leftovers(out_dir):
@@ -223,7 +223,7 @@ def extract_faces(manifest:pd.DataFrame, # one row per video (see `manifest.read
                   margin:float=DEFAULTS.face_margin, # context around the face box
                   workers:int|None=None, # processes (default: one per CPU core, at most the number of videos)
                   device:str="cpu", # "cpu" or "cuda" for the detector
-                  detector:str="auto", # "auto" (short range, then full range where none found), "short" or "full"
+                  detector:str=DEFAULTS.detector, # "auto" (short range, then full range where none found), "short" or "full"
                   weights_root:str|Path|None=None, # converted BlazeFace weights (default: the cache)
                   progress:bool=True, # show a progress bar
                  ) -> dict:

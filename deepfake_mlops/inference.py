@@ -14,15 +14,15 @@ import cv2
 import numpy as np
 import torch
 
-from .core import DEFAULTS, atomic_path
+from .core import DEFAULTS, IMAGE_TYPES, JSON_TYPE, VIDEO_TYPES, atomic_path
 from .video import Frame, VideoError, iter_frames, prefetch
-from .blazeface import FaceDetector, MODELS as DETECTOR_MODELS, weights_path as detector_weights
+from .blazeface import FaceDetector, MODELS as DETECTOR_MODELS, detector_weights_path
 from .faces import as_stored, crop_square, link_tracks, main_track
 from .model import load_model, normalize
 
 # %% auto #0
-__all__ = ['HANDLER', 'VIDEO_TYPES', 'IMAGE_TYPES', 'MAX_BODY_BYTES', 'fuse_batchnorm', 'DeepfakeDetector', 'NoFaceError',
-           'package_model', 'safe_extract', 'RequestError', 'model_fn', 'input_fn', 'predict_fn', 'output_fn']
+__all__ = ['HANDLER', 'MAX_BODY_BYTES', 'fuse_batchnorm', 'DeepfakeDetector', 'NoFaceError', 'package_model', 'safe_extract',
+           'RequestError', 'model_fn', 'input_fn', 'predict_fn', 'output_fn']
 
 # %% ../nbs/11_inference.ipynb #78e19aa4
 def fuse_batchnorm(module:torch.nn.Module) -> torch.nn.Module:
@@ -51,7 +51,7 @@ class DeepfakeDetector:
         self.version = str(cfg.get("version", cfg.get("model_version", "unversioned")))
         # a packaged model carries its detector weights; a training folder uses the installed ones
         root = model_dir if (model_dir/"blazeface").is_dir() else None
-        self.faces = FaceDetector(cfg.get("detector", "auto"), device=device, weights_root=root)
+        self.faces = FaceDetector(cfg.get("detector", DEFAULTS.detector), device=device, weights_root=root)
 
     @torch.inference_mode()
     def score_crops(self, crops:list[np.ndarray]) -> np.ndarray:
@@ -139,7 +139,7 @@ def package_model(model_dir:str|Path, # a trained model folder
                "code/inference.py": HANDLER.encode(),
                "code/requirements.txt": (requirement or f"deepfake-mlops=={deepfake_mlops.__version__}").encode() + b"\n"}
     for m in DETECTOR_MODELS:
-        source = detector_weights(m)
+        source = detector_weights_path(m)
         if not source.exists(): raise FileNotFoundError(f"{source} missing: run `deepfake-mlops weights` first")
         members[f"blazeface/{source.name}"] = source.read_bytes()
     with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
@@ -163,8 +163,6 @@ def safe_extract(archive:str|Path, dest:str|Path) -> Path:
     return dest
 
 # %% ../nbs/11_inference.ipynb #6e2e4646
-VIDEO_TYPES = ("video/mp4", "video/quicktime", "video/webm", "video/x-matroska", "video/x-msvideo", "application/octet-stream")
-IMAGE_TYPES = ("image/jpeg", "image/png")
 MAX_BODY_BYTES = int(os.environ.get("DEEPFAKE_MLOPS_MAX_BODY", 200 * 1024 * 1024))
 
 class RequestError(Exception):
@@ -186,7 +184,7 @@ def input_fn(body:bytes, content_type:str, context=None):
     if kind in VIDEO_TYPES or kind.startswith("video/"):
         fd, path = tempfile.mkstemp(suffix=".video"); os.write(fd, body); os.close(fd)
         return ("video", path, True)
-    if kind == "application/json":
+    if kind == JSON_TYPE:
         try: request = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e: raise RequestError(400, f"invalid JSON: {e}") from None
         where = request.get("path") or request.get("s3_uri") if isinstance(request, dict) else None

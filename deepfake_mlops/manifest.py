@@ -1,4 +1,4 @@
-"""Read a folder of labelled videos (FaceForensics++, DFDC, Celeb-DF or a plain `labels.csv`) into one table, a row per video.
+"""Read a folder of videos (FaceForensics++, DFDC, Celeb-DF, a plain `labels.csv`, or no labels at all) into one table, a row per video.
 
 Docs: https://deepfake-mlops.github.io/deepfake-mlops/manifest.html.md"""
 
@@ -14,13 +14,14 @@ import pandas as pd
 from .core import DEFAULTS, atomic_write_text
 
 # %% auto #0
-__all__ = ['COLUMNS', 'VIDEO_EXTS', 'REAL', 'FAKE', 'detect_layout', 'read_manifest', 'write_manifest', 'read_manifest_csv',
-           'manifest_summary']
+__all__ = ['COLUMNS', 'VIDEO_EXTS', 'REAL', 'FAKE', 'UNKNOWN', 'find_videos', 'detect_layout', 'read_manifest', 'require_labels',
+           'write_manifest', 'read_manifest_csv', 'manifest_summary']
 
 # %% ../nbs/01_manifest.ipynb #a3479563
 COLUMNS = ["video_id", "path", "relpath", "label", "method", "identities", "group", "dataset", "split"]
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")  # compared case-insensitively
 REAL, FAKE = DEFAULTS.labels
+UNKNOWN = "UNKNOWN"  # the label of a video in an unlabelled folder
 
 # %% ../nbs/01_manifest.ipynb #4ed95c28
 def _is_video(path:str) -> bool:
@@ -45,6 +46,13 @@ def _warn_skipped(root:Path, what:str, paths:list[str], shown:int=5):
     if not paths: return
     more = f", ... ({len(paths) - shown} more)" if len(paths) > shown else ""
     warnings.warn(f"{root}: skipped {len(paths)} {what}: {', '.join(paths[:shown])}{more}")
+
+# %% ../nbs/01_manifest.ipynb #56cc36ad
+def find_videos(folder:str|Path, # any folder
+               ) -> list[Path]:
+    "Every video file under `folder`, sorted, whatever its layout and whether or not it is labelled."
+    folder = Path(folder)
+    return [folder/f for f in _walk(folder) if _is_video(f)]
 
 # %% ../nbs/01_manifest.ipynb #86c55dfb
 _LABEL_VALUES = {REAL: REAL, FAKE: FAKE, "0": REAL, "1": FAKE}
@@ -79,6 +87,11 @@ def detect_layout(folder:str|Path, # a dataset folder
     return found[0] if found else None
 
 # %% ../nbs/01_manifest.ipynb #ef3cdd53
+def _has_videos(base:Path) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unreadable folder is warned about once, when the rows are read
+        return any(_is_video(f) for f in _walk(base))
+
 def _dataset_folders(base:Path, layout:str|None) -> list[tuple[Path, str]]:
     "The dataset folders to read in `base`, with their layouts."
     if layout is not None: return [(base, layout)]
@@ -87,6 +100,7 @@ def _dataset_folders(base:Path, layout:str|None) -> list[tuple[Path, str]]:
     for sub in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if (found := detect_layout(sub)): datasets.append((sub, found))
         else: others.append(sub.name)
+    if not datasets and _has_videos(base): return [(base, "unlabelled")]
     if not datasets: raise ValueError(f"{base} matches no dataset layout, nor does any of its sub-folders. {_expected()}")
     _warn_skipped(base, "sub-folders that match no dataset layout", others)
     return datasets
@@ -234,6 +248,23 @@ def _read_folder(root:Path, files:list[str]) -> list[dict]:
     _warn_skipped(root, "videos listed in labels.csv that are not present", missing)
     _warn_skipped(root, "videos that labels.csv does not list", [f for f in files if _is_video(f) and f not in listed])
     return rows
+
+# %% ../nbs/01_manifest.ipynb #e945722b
+@_layout("unlabelled", [], "any other folder of videos: label UNKNOWN (enough for manifest, extract and predict; train and evaluate need labels)")
+def _read_unlabelled(root:Path, files:list[str]) -> list[dict]:
+    return [dict(relpath=f, label=UNKNOWN, method="unknown", identities=[], split="") for f in files if _is_video(f)]
+
+# %% ../nbs/01_manifest.ipynb #92d60611
+def require_labels(manifest:pd.DataFrame, # a manifest (needs relpath and label)
+                   source, # where it was read, for the message
+                   purpose:str, # what needs the labels: "training", "evaluation"
+                  ):
+    "Raise ValueError, saying how to label them, when videos of `manifest` have no label."
+    missing = manifest.loc[~manifest["label"].isin([REAL, FAKE]), "relpath"].tolist()
+    if not missing: return
+    raise ValueError(f"{source}: {purpose} needs labelled videos, and {len(missing)} of {len(manifest)} have no label "
+                     f"(e.g. {missing[0]}); put a labels.csv beside the videos with columns path,label (REAL/FAKE or 0/1) "
+                     "and optionally method,group, then extract again (finished videos keep their crops and take the new labels)")
 
 # %% ../nbs/01_manifest.ipynb #c3f8f5d2
 def _check_columns(df:pd.DataFrame, source):

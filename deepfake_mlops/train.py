@@ -7,7 +7,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/train.html.md"""
 # %% ../nbs/10_train.ipynb #45c0cf7b
 from __future__ import annotations
 import argparse, itertools, json, math, os, sys, time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .core import DEFAULTS, atomic_path, atomic_write_text
-from .manifest import read_manifest_csv
+from .core import DEFAULTS, TrainConfig, add_options, atomic_path, atomic_write_text, from_options
+from .manifest import read_manifest_csv, require_labels
 from .data import (FaceCrops, balanced_sampler, check_split, read_crops, read_split, split_videos,
                                  train_augment, write_split)
 from .sbi import self_blend
@@ -26,26 +26,7 @@ from .model import build_model, normalize, save_model
 from .evaluate import binary_metrics, choose_threshold, score_crops, video_scores
 
 # %% auto #0
-__all__ = ['TrainConfig', 'prepare_split', 'train', 'parse_args', 'main']
-
-# %% ../nbs/10_train.ipynb #e119d41e
-@dataclass
-class TrainConfig:
-    "Everything that defines a training run."
-    backbone: str = "mobilenet_v2"  # see `model.BACKBONES`
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 3e-4  # AdamW learning rate (cosine decay to 1/20 of it)
-    weight_decay: float = 1e-4
-    blend: str = "mix"  # "sbi": real crops and their self-blended fakes only; "mix": add the dataset's fakes; "none": no blending
-    blend_prob: float = 0.5  # with blend="sbi": chance that a real crop becomes a self-blended fake
-    augment_p: float = 0.3  # probability of each augmentation
-    crops_per_video: int = 16  # training crops drawn per video and epoch (frames of one video are near-duplicates)
-    patience: int = 3  # epochs without improvement before stopping
-    seed: int = 0
-    workers: int = 2  # DataLoader processes
-    device: str = "auto"  # "auto", "cpu", "cuda"
-    pretrained: bool = True  # ImageNet weights for the backbone
+__all__ = ['prepare_split', 'train', 'parse_args', 'main']
 
 # %% ../nbs/10_train.ipynb #921c9909
 def _dist_env():
@@ -58,6 +39,40 @@ def _device(name, local_rank):
         if not torch.cuda.is_available(): raise ValueError("device 'cuda' asked for, but no CUDA device is available")
         torch.cuda.set_device(local_rank); return torch.device("cuda", local_rank)
     return torch.device(name)
+
+# %% ../nbs/10_train.ipynb #6d1cf7e3
+@dataclass(frozen=True)
+class _Proc:
+    "This process of a (possibly distributed) run: its rank among `world` processes, and its device."
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+@dataclass(frozen=True)
+class _Run:
+    "What every phase of one training run reads."
+    cfg: TrainConfig
+    proc: _Proc
+    out_dir: Path  # the model folder
+    last: Path  # the checkpoint a killed run resumes from
+    extraction: dict  # how the crops were made; saved with the model for serving
+    progress: bool  # progress bar and a line per epoch
+
+def _setup(cfg, faces_dir, out_dir, checkpoint_dir, progress) -> _Run:
+    "Pick the device, join the process group when torchrun started several processes, seed, make the folders."
+    rank, world, local_rank = _dist_env()
+    device = _device(cfg.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(cfg.seed + rank)
+    out_dir = Path(out_dir)
+    ckpt_dir = Path(checkpoint_dir or out_dir/"checkpoints")
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if world > 1: dist.barrier()
+    return _Run(cfg, _Proc(rank, world, local_rank, device), out_dir, ckpt_dir/"last.pt", _extraction_settings(faces_dir), progress)
 
 # %% ../nbs/10_train.ipynb #bee826a9
 def _mixture(cfg):
@@ -87,13 +102,58 @@ def _epoch_sample(rows, cfg, epoch, rank, world):
     order = chosen[np.array(list(sampler))]
     return order[rank::world]
 
+# %% ../nbs/10_train.ipynb #37baed5f
+def _require_labels(*folders):
+    "Refuse extraction folders whose manifest has videos without a label (an unlabelled dataset)."
+    for folder in folders:
+        path = Path(folder)/"manifest.csv" if folder else None
+        if path is not None and path.exists(): require_labels(read_manifest_csv(path), path, "training")
+
+def _training_data(run, faces_dir, split, validation_dir):
+    "(training rows, validation rows) of the run's split; the validation rows come from `validation_dir` when given."
+    split_df = prepare_split(faces_dir, run.out_dir, split, run.cfg.seed) if run.proc.rank == 0 else None
+    if run.proc.world > 1:
+        box = [split_df]
+        dist.broadcast_object_list(box, src=0)
+        split_df = box[0]
+    crops = read_crops(faces_dir, split_df)
+    rows = _train_rows(crops, run.cfg)
+    val_rows = (read_crops(validation_dir) if validation_dir else crops[crops["split"] == "val"]).reset_index(drop=True)
+    if val_rows["target"].nunique() < 2: raise ValueError("the validation split needs REAL and FAKE videos")
+    return rows, val_rows
+
 # %% ../nbs/10_train.ipynb #2d95859e
-def _save_checkpoint(path, model, opt, sched, epoch, best, history):
-    state = dict(model=_unwrap(model).state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                 epoch=epoch, best=best, history=json.dumps(history), rng=torch.get_rng_state())
-    with atomic_path(path) as tmp: torch.save(state, tmp)
+@dataclass
+class _State:
+    "What changes as a run trains, and what a checkpoint holds."
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    best: dict|None = None  # epoch, auc and log_loss of the best epoch so far
+    history: list = field(default_factory=list)  # one record per epoch, as in metrics.csv
 
 def _unwrap(model): return model.module if hasattr(model, "module") else model
+
+def _save_checkpoint(path, s, epoch):
+    state = dict(model=_unwrap(s.model).state_dict(), optimizer=s.opt.state_dict(), scheduler=s.sched.state_dict(),
+                 epoch=epoch, best=s.best, history=json.dumps(s.history), rng=torch.get_rng_state())
+    with atomic_path(path) as tmp: torch.save(state, tmp)
+
+def _resume(run, s) -> int:
+    "Load the checkpoint into `s` when there is one; returns the first epoch to run."
+    if not run.last.exists(): return 0
+    state = torch.load(run.last, map_location="cpu", weights_only=True)
+    s.model.load_state_dict(state["model"])
+    s.opt.load_state_dict(state["optimizer"])
+    s.sched.load_state_dict(state["scheduler"])
+    s.best, s.history = state["best"], json.loads(state["history"])
+    torch.set_rng_state(state["rng"])
+    if run.proc.rank == 0: print(f"resuming from {run.last} after epoch {state['epoch'] + 1}")
+    return state["epoch"] + 1
+
+def _epochs_since_best(history) -> int:
+    "Epochs run since the last improvement (early stopping counts them, across a resume too)."
+    return len(list(itertools.takewhile(lambda h: not h.get("improved"), history[::-1])))
 
 # %% ../nbs/10_train.ipynb #9c8babb6
 def _validate(model, val_rows, cfg, device):
@@ -121,7 +181,96 @@ def prepare_split(faces_dir:str|Path, out_dir:str|Path, split:str|Path|None=None
     write_split(df, out_dir/"split.csv")
     return df
 
-# %% ../nbs/10_train.ipynb #5908c406
+# %% ../nbs/10_train.ipynb #9c8a598c
+def _loss(model, x, y, device):
+    "The batch's mean binary cross-entropy on its logits."
+    x = normalize(x.to(device, non_blocking=True), _unwrap(model).mean, _unwrap(model).std)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = y.to(device, non_blocking=True)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with amp:
+        return torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
+
+# %% ../nbs/10_train.ipynb #58000781
+def _train_epoch(run, s, dataset, rows, epoch) -> tuple[list[float], int]:
+    "One pass over this process's share of the epoch's sample; returns the step losses and the images seen."
+    cfg, proc = run.cfg, run.proc
+    order = _epoch_sample(rows, cfg, epoch, proc.rank, proc.world)
+    loader = DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=cfg.batch_size,
+                        num_workers=cfg.workers, pin_memory=proc.device.type == "cuda", drop_last=len(order) > cfg.batch_size,
+                        persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + proc.rank))
+    s.model.train()
+    losses, seen = [], 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress or proc.rank != 0, leave=False)
+    for step, (x, y, _) in enumerate(bar):
+        loss = _loss(s.model, x, y, proc.device)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
+                                     f"lower the learning rate (now {cfg.lr}); nothing was saved from this epoch")
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        s.opt.step()
+        # the schedule is sized for the planned steps; a run with more batches than planned holds the last rate
+        if s.sched.last_epoch + 1 < s.sched.total_steps: s.sched.step()
+        losses.append(loss.item())
+        seen += len(x)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return losses, seen
+
+# %% ../nbs/10_train.ipynb #13eb90bc
+def _end_epoch(run, s, val_rows, epoch, losses, seen, train_s) -> dict:
+    "Validate, save the model when it is the best so far, checkpoint and write metrics.csv; returns the epoch's record."
+    t1 = time.perf_counter()
+    val, val_videos = _validate(s.model, val_rows, run.cfg, run.proc.device)
+    val_s = time.perf_counter() - t1
+    improved = _better(val, s.best)
+    images = seen * run.proc.world
+    record = dict(epoch=epoch + 1, train_loss=float(np.mean(losses)) if losses else float("nan"),
+                  images=images, images_per_s=round(images / train_s, 1), train_s=round(train_s, 2), val_s=round(val_s, 2),
+                  lr=s.opt.param_groups[0]["lr"], val_auc=val["auc"], val_log_loss=val["log_loss"],
+                  val_accuracy=val["accuracy"], improved=bool(improved))
+    s.history.append(record)
+    if improved:
+        s.best = dict(epoch=epoch + 1, auc=val["auc"], log_loss=val["log_loss"])
+        _save_best(s.model, run.out_dir, run.cfg, val_videos, run.extraction)
+    t2 = time.perf_counter()
+    _save_checkpoint(run.last, s, epoch)
+    record["checkpoint_s"] = round(time.perf_counter() - t2, 2)
+    atomic_write_text(run.out_dir/"metrics.csv", pd.DataFrame(s.history).to_csv(index=False))
+    if run.progress: print(_epoch_line(record), flush=True)
+    return record
+
+def _epoch_line(r):
+    return (f"epoch {r['epoch']}: loss {r['train_loss']:.4f}, {r['images_per_s']} img/s, "
+            f"val AUC {r['val_auc']:.3f}, log loss {r['val_log_loss']:.3f}{' (best)' if r['improved'] else ''}")
+
+# %% ../nbs/10_train.ipynb #a13d3423
+def _model_and_optimizer(run, rows) -> _State:
+    "The classifier with its AdamW optimizer and a one-cycle schedule over every planned step."
+    cfg = run.cfg
+    model = build_model(cfg.backbone, pretrained=cfg.pretrained).to(run.proc.device)
+    model = model.to(memory_format=torch.channels_last)  # faster on CPUs (oneDNN) as on GPUs
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(_epoch_sample(rows, cfg, 0, run.proc.rank, run.proc.world)) / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                pct_start=0.1, final_div_factor=20)
+    return _State(model, opt, sched)
+
+def _distribute(run, model):
+    "The model wrapped in DistributedDataParallel when several processes train it."
+    if run.proc.world <= 1: return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[run.proc.local_rank] if run.proc.device.type == "cuda" else None)
+
+def _finish(run, s) -> dict:
+    "Write train.json (rank 0), leave the process group; returns the summary."
+    summary = dict(best=s.best, epochs_run=len(s.history), config=asdict(run.cfg), world_size=run.proc.world)
+    if run.proc.rank == 0: atomic_write_text(run.out_dir/"train.json", json.dumps(summary, indent=2))
+    if run.proc.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+# %% ../nbs/10_train.ipynb #7b65ecbc
 def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.csv)
           out_dir:str|Path, # model folder: model.pt, config.json, split.csv, metrics.csv
           config:TrainConfig|None=None,
@@ -132,106 +281,25 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
          ) -> dict:
     "Train the detector; returns the summary (best epoch and its validation metrics), also in OUT/train.json."
     cfg = config or TrainConfig()
-    rank, world, local_rank = _dist_env()
-    device = _device(cfg.device, local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    torch.manual_seed(cfg.seed + rank)
-    out_dir = Path(out_dir); ckpt_dir = Path(checkpoint_dir or out_dir/"checkpoints")
-    if rank == 0: out_dir.mkdir(parents=True, exist_ok=True); ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if world > 1: dist.barrier()
-
-    split_df = prepare_split(faces_dir, out_dir, split, cfg.seed) if rank == 0 else None
-    if world > 1:
-        box = [split_df]; dist.broadcast_object_list(box, src=0); split_df = box[0]
-    crops = read_crops(faces_dir, split_df)
-    rows = _train_rows(crops, cfg)
-    extraction = _extraction_settings(faces_dir)
-    val_rows = (read_crops(validation_dir) if validation_dir else crops[crops["split"] == "val"]).reset_index(drop=True)
-    if val_rows["target"].nunique() < 2: raise ValueError("the validation split needs REAL and FAKE videos")
-
-    model = build_model(cfg.backbone, pretrained=cfg.pretrained).to(device)
-    model = model.to(memory_format=torch.channels_last)  # faster on CPUs (oneDNN) as on GPUs
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(_epoch_sample(rows, cfg, 0, rank, world)) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                pct_start=0.1, final_div_factor=20)
-    start, best, history = 0, None, []
-    last = ckpt_dir/"last.pt"
-    if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"]); sched.load_state_dict(state["scheduler"])
-        start, best, history = state["epoch"] + 1, state["best"], json.loads(state["history"])
-        torch.set_rng_state(state["rng"])
-        if rank == 0: print(f"resuming from {last} after epoch {state['epoch'] + 1}")
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-
-    augment = train_augment(cfg.augment_p)
-    blend = self_blend if cfg.blend != "none" else None
-    dataset = FaceCrops(rows, augment=augment, blend=blend, blend_prob=_mixture(cfg)[1])
-    amp = dict(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    stale = len(list(itertools.takewhile(lambda h: not h.get("improved"), history[::-1])))  # epochs since the best
-
+    _require_labels(faces_dir, validation_dir)
+    run = _setup(cfg, faces_dir, out_dir, checkpoint_dir, progress)
+    rows, val_rows = _training_data(run, faces_dir, split, validation_dir)
+    s = _model_and_optimizer(run, rows)
+    start = _resume(run, s)
+    s.model = _distribute(run, s.model)
+    dataset = FaceCrops(rows, augment=train_augment(cfg.augment_p), blend=self_blend if cfg.blend != "none" else None,
+                        blend_prob=_mixture(cfg)[1])
     for epoch in range(start, cfg.epochs):
-        if best is not None and stale >= cfg.patience: break
+        if s.best is not None and _epochs_since_best(s.history) >= cfg.patience: break
         t0 = time.perf_counter()
-        order = _epoch_sample(rows, cfg, epoch, rank, world)
-        loader = DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=cfg.batch_size,
-                            num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=len(order) > cfg.batch_size,
-                            persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + rank))
-        model.train()
-        losses, seen = [], 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
-        for step, (x, y, _) in enumerate(bar):
-            x = normalize(x.to(device, non_blocking=True), _unwrap(model).mean, _unwrap(model).std)
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(**amp) if amp else torch.autocast("cpu", enabled=False):
-                loss = loss_fn(model(x).float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
-                                         f"lower the learning rate (now {cfg.lr}); nothing was saved from this epoch")
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            if sched.last_epoch + 1 < sched.total_steps: sched.step()
-            losses.append(loss.item()); seen += len(x)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        train_s = time.perf_counter() - t0
-        stop = torch.zeros(1, device=device)  # NCCL broadcasts device tensors only
-        if rank == 0:
-            t1 = time.perf_counter()
-            val, val_videos = _validate(model, val_rows, cfg, device)
-            val_s = time.perf_counter() - t1
-            improved = _better(val, best)
-            record = dict(epoch=epoch + 1, train_loss=float(np.mean(losses)) if losses else float("nan"),
-                          images=seen * world, images_per_s=round(seen * world / train_s, 1),
-                          train_s=round(train_s, 2), val_s=round(val_s, 2),
-                          lr=opt.param_groups[0]["lr"], val_auc=val["auc"], val_log_loss=val["log_loss"],
-                          val_accuracy=val["accuracy"], improved=bool(improved))
-            history.append(record)
-            if improved:
-                best = dict(epoch=epoch + 1, auc=val["auc"], log_loss=val["log_loss"])
-                stale = 0
-                _save_best(model, out_dir, cfg, val_videos, extraction)
-            else: stale += 1
-            t2 = time.perf_counter()
-            _save_checkpoint(last, model, opt, sched, epoch, best, history)
-            record["checkpoint_s"] = round(time.perf_counter() - t2, 2)
-            atomic_write_text(out_dir/"metrics.csv", pd.DataFrame(history).to_csv(index=False))
-            if progress: print(_epoch_line(record), flush=True)
-            stop[0] = float(stale >= cfg.patience)
-        if world > 1: dist.broadcast(stop, src=0)
+        losses, seen = _train_epoch(run, s, dataset, rows, epoch)
+        stop = torch.zeros(1, device=run.proc.device)  # NCCL broadcasts device tensors only
+        if run.proc.rank == 0:
+            _end_epoch(run, s, val_rows, epoch, losses, seen, time.perf_counter() - t0)
+            stop[0] = float(_epochs_since_best(s.history) >= cfg.patience)
+        if run.proc.world > 1: dist.broadcast(stop, src=0)
         if stop.item(): break
-
-    summary = dict(best=best, epochs_run=len(history), config=asdict(cfg), world_size=world)
-    if rank == 0: atomic_write_text(out_dir/"train.json", json.dumps(summary, indent=2))
-    if world > 1: dist.barrier(); dist.destroy_process_group()
-    return summary
-
-def _epoch_line(r):
-    return (f"epoch {r['epoch']}: loss {r['train_loss']:.4f}, {r['images_per_s']} img/s, "
-            f"val AUC {r['val_auc']:.3f}, log loss {r['val_log_loss']:.3f}{' (best)' if r['improved'] else ''}")
+    return _finish(run, s)
 
 # %% ../nbs/10_train.ipynb #dbfe69c5
 def _extraction_settings(faces_dir):
@@ -239,7 +307,7 @@ def _extraction_settings(faces_dir):
     path = Path(faces_dir)/"extraction.json"
     s = json.loads(path.read_text()) if path.exists() else {}
     return dict(face_size=s.get("face_size", DEFAULTS.face_size), margin=s.get("margin", DEFAULTS.face_margin),
-                frames_per_video=s.get("frames", DEFAULTS.frames_per_video), detector=s.get("detector", "auto"))
+                frames_per_video=s.get("frames", DEFAULTS.frames_per_video), detector=s.get("detector", DEFAULTS.detector))
 
 def _save_best(model, out_dir, cfg, val_videos, extraction):
     threshold = choose_threshold(val_videos["target"], val_videos["prob"])
@@ -258,23 +326,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint-dir", default=env("DEEPFAKE_MLOPS_CHECKPOINTS") or
                    ("/opt/ml/checkpoints" if Path("/opt/ml").is_dir() else None), help="checkpoints (default /opt/ml/checkpoints on SageMaker)")
     p.add_argument("--split", default=None, help="a split.csv to use")
-    for f in fields(TrainConfig):
-        kind = (lambda v: str(v).lower() in ("1", "true", "yes")) if f.type in ("bool", bool) else \
-               {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+    add_options(p, TrainConfig)  # the hyperparameters, as SageMaker passes them: --name value
     return p.parse_args(argv)
 
 def main(argv=None) -> int:
     "The SageMaker / torchrun training entry point."
     a = parse_args(argv)
     if not a.train: raise SystemExit("no training data: pass --train or set SM_CHANNEL_TRAIN")
-    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+    cfg = from_options(TrainConfig, a)
     try: train(a.train, a.model_dir, cfg, split=a.split, checkpoint_dir=a.checkpoint_dir, validation_dir=a.validation)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"training failed: {e}", file=sys.stderr)
         return 2
     if a.output_data_dir and _dist_env()[0] == 0:
-        out = Path(a.output_data_dir); out.mkdir(parents=True, exist_ok=True)
+        out = Path(a.output_data_dir)
+        out.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.csv", "train.json", "split.csv"):
             if (Path(a.model_dir)/name).exists(): (out/name).write_bytes((Path(a.model_dir)/name).read_bytes())
     return 0

@@ -1,6 +1,6 @@
-"`deepfake-mlops` end to end: the command line contract, and face extraction on the FaceForensics++ sample."
+"`deepfake-mlops` end to end: the command line contract, face extraction on the FaceForensics++ sample, and folders of unlabelled videos."
 from __future__ import annotations
-import inspect, io, json, os
+import inspect, io, json, os, shutil
 from pathlib import Path
 
 import cv2
@@ -176,3 +176,70 @@ def test_outputs_are_readable_as_the_umask_allows(demo_run):
     modes = {f.relative_to(demo_run).as_posix(): oct(f.stat().st_mode & 0o777) for f in files}
     wrong = {f: m for f, m in modes.items() if m != oct(expected)}
     assert not wrong, f"expected mode {oct(expected)} (umask {oct(umask)}), got {wrong}"
+
+# ---------------------------------------------------------------------------------------------- unlabelled videos
+
+@pytest.fixture(scope="module")
+def unlabelled_clips(demo_clips, tmp_path_factory) -> Path:
+    "Three demo clips copied into a folder of their own, without labels.csv: new videos nobody has labelled."
+    folder = tmp_path_factory.mktemp("unlabelled")/"videos"
+    folder.mkdir()
+    for clip in sorted(demo_clips.rglob("*.mp4"))[::4][:3]: shutil.copy(clip, folder/clip.name)
+    assert len(list(folder.glob("*.mp4"))) == 3 and not (folder/"labels.csv").exists()
+    return folder
+
+@pytest.fixture(scope="module")
+def unlabelled_faces(unlabelled_clips, tmp_path_factory):
+    "One `deepfake-mlops extract` of the unlabelled clips: (the finished command, its output folder)."
+    out = tmp_path_factory.mktemp("unlabelled-faces")/"faces"
+    return run_cli("extract", unlabelled_clips, "--out", out, "--frames", 8, "--workers", 1), out
+
+def test_manifest_of_an_unlabelled_folder_has_unknown_labels(unlabelled_clips):
+    proc = run_cli("manifest", unlabelled_clips)
+    assert proc.returncode == 0, describe(proc)
+    df = pd.read_csv(io.StringIO(proc.stdout), dtype=str, keep_default_na=False)
+    assert list(df.columns) == COLUMNS
+    assert sorted(df["relpath"]) == sorted(p.name for p in unlabelled_clips.glob("*.mp4"))
+    assert set(df["label"]) == {"UNKNOWN"} and set(df["dataset"]) == {"unlabelled"}, df
+    assert df["identities"].is_unique, "each unlabelled video is its own identity"
+
+def test_extract_an_unlabelled_folder(unlabelled_faces):
+    proc, out = unlabelled_faces
+    assert proc.returncode == 0, describe(proc)
+    summary = json.loads((out/"summary.json").read_text())
+    assert summary["videos"] == summary["ok"] == 3, summary
+    faces = read_csv_text(out/"faces.csv")
+    assert set(faces["label"]) == {"UNKNOWN"}, set(faces["label"])
+    crops = faces.loc[faces["crop_path"] != "", "crop_path"]
+    assert len(crops) and all((out/c).is_file() for c in crops)
+    assert (out/"contact_sheet.png").read_bytes()[:8] == PNG_SIGNATURE
+
+def test_predict_judges_every_video_of_a_folder(demo_model, unlabelled_clips):
+    _, tar = demo_model
+    one = sorted(unlabelled_clips.glob("*.mp4"))[0]
+    proc = run_cli("predict", tar, unlabelled_clips, one, "--json")
+    assert proc.returncode == 0, describe(proc)
+    results = json.loads(proc.stdout)
+    expected = [str(p) for p in sorted(unlabelled_clips.glob("*.mp4"))] + [str(one)]
+    assert [r["video"] for r in results] == expected
+    assert all(r["label"] in ("REAL", "FAKE") and 0 <= r["probability"] <= 1 for r in results), results
+
+def test_predict_on_a_folder_without_videos_is_a_usage_error(demo_model, tmp_path):
+    _, tar = demo_model
+    proc = run_cli("predict", tar, tmp_path)
+    assert proc.returncode == 2 and "no video files" in proc.stderr and "Traceback" not in proc.stderr, describe(proc)
+
+@pytest.mark.parametrize("command", ["train", "evaluate-videos", "evaluate-faces"])
+def test_train_and_evaluate_say_they_need_labels(command, demo_model, unlabelled_clips, unlabelled_faces, tmp_path):
+    work, _ = demo_model
+    _, faces = unlabelled_faces
+    out = tmp_path/"out"
+    args = {"train": ["train", faces, "--out", out],
+            "evaluate-videos": ["evaluate", work/"model", unlabelled_clips, "--out", out],
+            "evaluate-faces": ["evaluate", work/"model", faces, "--out", out]}[command]
+    proc = run_cli(*args)
+    assert proc.returncode == 2, describe(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected a one-line reason, got:\n{proc.stderr}"
+    assert "needs labelled videos" in lines[0] and "labels.csv" in lines[0] and "path,label" in lines[0], lines[0]
+    assert not out.exists(), "a run refused for missing labels must not create its output folder"

@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deepfake_mlops.local import LocalEngine, local_definition, run_local
+from deepfake_mlops.engine import LocalEngine
+from deepfake_mlops.local import local_definition, run_local
 from deepfake_mlops.registry import Registry
 from deepfake_mlops.steps import merge_shards
 
@@ -81,6 +82,9 @@ def test_a_failing_step_is_named_with_its_log_and_registers_nothing(demo_clips, 
     root = tmp_path/"engine"
     good = run_cli("run", "--root", root, "--data", demo_clips, *FAST)
     assert good.returncode == 0, describe(good)
+    # the run says what happens as it happens: each step as it starts, and the jobs' own progress lines
+    assert "Preprocess: started (Processing)" in good.stdout and "[algo-1] algo-1 (1 of 1): 12 videos" in good.stdout, describe(good)
+    assert "[algo-1] epoch 1: loss" in good.stdout, describe(good)
     before = Registry(root/"registry.db").list()
     broken = tmp_path/"broken"; broken.mkdir()
     for i in range(3): (broken/f"clip{i}.mp4").write_bytes(b"not a video at all" * 50)

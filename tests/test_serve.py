@@ -50,17 +50,17 @@ def _plain_verdict(model_dir, video):
     from deepfake_mlops.blazeface import FaceDetector
     from deepfake_mlops.core import DEFAULTS
     from deepfake_mlops.faces import as_stored, crop_square, link_tracks, main_track
-    from deepfake_mlops.model import load_model, preprocess
+    from deepfake_mlops.model import crops_to_tensor, load_model
     from deepfake_mlops.video import sample_frames
     model = load_model(model_dir)
     cfg = model.config
     frames = sample_frames(video, cfg.get("frames_per_video", DEFAULTS.frames_per_video))
-    dets = FaceDetector(cfg.get("detector", "auto"))([f.image for f in frames])
+    dets = FaceDetector(cfg.get("detector", DEFAULTS.detector))([f.image for f in frames])
     ids = link_tracks(dets); main = main_track(dets, ids)
     kept = [(f, d[np.flatnonzero(i == main)[0]]) for f, d, i in zip(frames, dets, ids) if (i == main).any()]
     crops = [as_stored(crop_square(f.image, box[:4], cfg.get("face_size", DEFAULTS.face_size),
                                   cfg.get("margin", DEFAULTS.face_margin))) for f, box in kept]
-    with torch.inference_mode(): probs = torch.sigmoid(model(preprocess(crops, model.mean, model.std))).numpy()
+    with torch.inference_mode(): probs = torch.sigmoid(model(crops_to_tensor(crops, model.mean, model.std))).numpy()
     return [f.index for f, _ in kept], probs
 
 

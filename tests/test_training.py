@@ -27,6 +27,18 @@ def test_no_identity_in_two_splits_on_ffpp(ffpp):
     assert len(pair) >= 2 and pair["split"].nunique() == 1
 
 
+def test_entry_point_reads_sagemaker_defaults_and_every_setting(monkeypatch, tmp_path):
+    "`python -m deepfake_mlops.train` as SageMaker calls it: channels from SM_* variables, hyperparameters as text."
+    from deepfake_mlops.core import TrainConfig, from_options
+    from deepfake_mlops.train import parse_args
+    monkeypatch.setenv("SM_CHANNEL_TRAIN", str(tmp_path/"train"))
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path/"model"))
+    args = parse_args(["--epochs", "3", "--batch-size", "16", "--lr", "0.001", "--pretrained", "False"])
+    assert (args.train, args.model_dir) == (str(tmp_path/"train"), str(tmp_path/"model"))
+    assert from_options(TrainConfig, args) == TrainConfig(epochs=3, batch_size=16, lr=0.001, pretrained=False)
+    assert from_options(TrainConfig, parse_args([])) == TrainConfig()
+
+
 @pytest.fixture(scope="module")
 def demo_faces(demo_clips, tmp_path_factory):
     "Face crops of the demo clips (8 frames each)."
