@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/model.html.md"""
 
 # %% ../nbs/07_model.ipynb #d83fe3a5
 from __future__ import annotations
-import importlib, importlib.util, json, pickle, time
+import json, pickle, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -142,57 +142,18 @@ class DeepfakeNet(nn.Module):
     def forward(self, x:torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x)).squeeze(-1)
 
-# %% ../nbs/07_model.ipynb #1a36b7f7
-def _timm_cached_file(name:str) -> Path|None:
-    "A locally cached pretrained weights file for timm model `name`, or None."
-    import timm
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None: return None
-    if cfg.file and Path(cfg.file).is_file(): return Path(cfg.file)
-    if cfg.hf_hub_id and importlib.util.find_spec("huggingface_hub"):
-        from huggingface_hub import try_to_load_from_cache
-        for fname in filter(None, [cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin"]):
-            hit = try_to_load_from_cache(cfg.hf_hub_id, fname)
-            if isinstance(hit, str): return Path(hit)
-    if cfg.url:
-        path = Path(torch.hub.get_dir())/"checkpoints"/Path(cfg.url).name
-        if path.is_file(): return path
-    return None
-
-def _timm_backbone(name:str, pretrained:bool) -> tuple[nn.Module, dict]:
-    if importlib.util.find_spec("timm") is None:
-        raise ImportError(f"backbone 'timm:{name}' needs timm: pip install timm")
-    import timm
-    if not timm.is_model(name.split(".")[0]): raise ValueError(f"timm has no model {name!r}")
-    overlay = {}
-    if pretrained:
-        path = _timm_cached_file(name)
-        if path is None:
-            raise RuntimeError(f"no pretrained weights for timm model {name!r} in the local Hugging Face or torch hub "
-                               "cache, and run-time downloads are not used; put the file in the cache or pass pretrained=False")
-        overlay = dict(file=str(path))
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0, pretrained_cfg_overlay=overlay)
-    cfg = model.pretrained_cfg
-    # models with a hidden layer after pooling (MobileNetV3, ...) return head_hidden_size features, not num_features
-    width = getattr(model, "head_hidden_size", None) or model.num_features
-    return model, dict(feature_dim=width, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-                       std=tuple(cfg.get("std", IMAGENET_STD)), input_size=cfg.get("input_size", (3, 224, 224))[-1])
-
 # %% ../nbs/07_model.ipynb #91162f2a
-def build_model(backbone:str="mobilenet_v2", # a name in `BACKBONES`, or "timm:<model>"
+def build_model(backbone:str="mobilenet_v2", # a name in `BACKBONES`
                 pretrained:bool=True, # start from the verified ImageNet weights
                 dropout:float=0.2, # dropout before the final linear layer
                 weights_root:str|Path|None=None, # weights cache (default `cache_dir()`)
                ) -> DeepfakeNet:
     "The binary deepfake classifier: an ImageNet backbone whose head is replaced by dropout + Linear(features, 1)."
-    if backbone.startswith("timm:"):
-        features, info = _timm_backbone(backbone[len("timm:"):], pretrained)
-    elif backbone in BACKBONES:
-        spec = BACKBONES[backbone]
-        features = spec.strip_head(imagenet_model(backbone, pretrained, weights_root))
-        info = dict(feature_dim=spec.feature_dim, mean=spec.mean, std=spec.std, input_size=spec.input_size)
-    else:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {list(BACKBONES)} or 'timm:<model name>'")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {list(BACKBONES)}")
+    spec = BACKBONES[backbone]
+    features = spec.strip_head(imagenet_model(backbone, pretrained, weights_root))
+    info = dict(feature_dim=spec.feature_dim, mean=spec.mean, std=spec.std, input_size=spec.input_size)
     return DeepfakeNet(features, dropout=dropout, name=backbone, **info).train()
 
 # %% ../nbs/07_model.ipynb #e7dad53a

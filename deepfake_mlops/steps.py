@@ -149,8 +149,7 @@ def _merged_train_channel(args, local_rank:int) -> Path:
     merged = ml_root()/"input"/"merged-train"  # one per node: every node has its own copy of the channel
     if local_rank == 0:
         install_weights()
-        if not args.backbone.startswith("timm:"):
-            install_backbone_weights([args.backbone])
+        install_backbone_weights([args.backbone])
         return merge_shards(args.train, merged)
     import time
     while not (merged/"extraction.json").exists():  # written last, by local rank 0

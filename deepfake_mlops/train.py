@@ -261,9 +261,10 @@ def _distribute(run, model):
     if run.proc.world <= 1: return model
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[run.proc.local_rank] if run.proc.device.type == "cuda" else None)
 
-def _finish(run, s) -> dict:
+def _finish(run, s, trained:int) -> dict:
     "Write train.json (rank 0), leave the process group; returns the summary."
-    summary = dict(best=s.best, epochs_run=len(s.history), config=asdict(run.cfg), world_size=run.proc.world)
+    summary = dict(best=s.best, epochs_run=len(s.history), epochs_trained=trained, config=asdict(run.cfg),
+                   world_size=run.proc.world)
     if run.proc.rank == 0: atomic_write_text(run.out_dir/"train.json", json.dumps(summary, indent=2))
     if run.proc.world > 1:
         dist.barrier()
@@ -289,17 +290,19 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
     s.model = _distribute(run, s.model)
     dataset = FaceCrops(rows, augment=train_augment(cfg.augment_p), blend=self_blend if cfg.blend != "none" else None,
                         blend_prob=_mixture(cfg)[1])
+    trained = 0  # epochs run by this call; a resumed run starts after the checkpoint's
     for epoch in range(start, cfg.epochs):
         if s.best is not None and _epochs_since_best(s.history) >= cfg.patience: break
         t0 = time.perf_counter()
         losses, seen = _train_epoch(run, s, dataset, rows, epoch)
+        trained += 1
         stop = torch.zeros(1, device=run.proc.device)  # NCCL broadcasts device tensors only
         if run.proc.rank == 0:
             _end_epoch(run, s, val_rows, epoch, losses, seen, time.perf_counter() - t0)
             stop[0] = float(_epochs_since_best(s.history) >= cfg.patience)
         if run.proc.world > 1: dist.broadcast(stop, src=0)
         if stop.item(): break
-    return _finish(run, s)
+    return _finish(run, s, trained)
 
 # %% ../nbs/10_train.ipynb #dbfe69c5
 def _extraction_settings(faces_dir):
