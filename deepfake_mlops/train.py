@@ -218,15 +218,16 @@ def _train_epoch(run, s, dataset, rows, epoch) -> tuple[list[float], int]:
     return losses, seen
 
 # %% ../nbs/10_train.ipynb #13eb90bc
-def _end_epoch(run, s, val_rows, epoch, losses, seen, train_s) -> dict:
+def _end_epoch(run, s, val_rows, epoch, losses, seen:list[int], train_s) -> dict:
     "Validate, save the model when it is the best so far, checkpoint and write metrics.csv; returns the epoch's record."
     t1 = time.perf_counter()
     val, val_videos = _validate(s.model, val_rows, run.cfg, run.proc.device)
     val_s = time.perf_counter() - t1
     improved = _better(val, s.best)
-    images = seen * run.proc.world
+    images = sum(seen)  # `seen`: the images each process trained on, counted there
     record = dict(epoch=epoch + 1, train_loss=float(np.mean(losses)) if losses else float("nan"),
-                  images=images, images_per_s=round(images / train_s, 1), train_s=round(train_s, 2), val_s=round(val_s, 2),
+                  images=images, images_per_rank=";".join(map(str, seen)), images_per_s=round(images / train_s, 1),
+                  train_s=round(train_s, 2), val_s=round(val_s, 2),
                   lr=s.opt.param_groups[0]["lr"], val_auc=val["auc"], val_log_loss=val["log_loss"],
                   val_accuracy=val["accuracy"], improved=bool(improved))
     s.history.append(record)
@@ -296,9 +297,11 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
         t0 = time.perf_counter()
         losses, seen = _train_epoch(run, s, dataset, rows, epoch)
         trained += 1
+        counts = [seen] * run.proc.world  # each process's own count, gathered so metrics.csv can show every rank's share
+        if run.proc.world > 1: dist.all_gather_object(counts, seen)
         stop = torch.zeros(1, device=run.proc.device)  # NCCL broadcasts device tensors only
         if run.proc.rank == 0:
-            _end_epoch(run, s, val_rows, epoch, losses, seen, time.perf_counter() - t0)
+            _end_epoch(run, s, val_rows, epoch, losses, counts, time.perf_counter() - t0)
             stop[0] = float(_epochs_since_best(s.history) >= cfg.patience)
         if run.proc.world > 1: dist.broadcast(stop, src=0)
         if stop.item(): break

@@ -35,12 +35,19 @@ def demo_clips(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_model(demo_clips, tmp_path_factory):
-    "A model trained for one epoch on the demo clips, and its model.tar.gz."
-    work = tmp_path_factory.mktemp("inference")
-    proc = run_cli("extract", demo_clips, "--out", work/"faces", "--frames", 8, "--no-contact-sheet")
+def demo_faces(demo_clips, tmp_path_factory) -> Path:
+    "Face crops of the demo clips (8 frames each), extracted once for every test that reads them (none writes there)."
+    out = tmp_path_factory.mktemp("faces")/"faces"
+    proc = run_cli("extract", demo_clips, "--out", out, "--frames", 8, "--workers", 2, "--no-contact-sheet")
     assert proc.returncode == 0, describe(proc)
-    proc = run_cli("train", work/"faces", "--out", work/"model", "--epochs", 1, "--batch-size", 8, "--workers", 0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_faces, tmp_path_factory):
+    "A model trained for one epoch on the demo clips' crops, and its model.tar.gz: (work folder, model.tar.gz)."
+    work = tmp_path_factory.mktemp("inference")
+    proc = run_cli("train", demo_faces, "--out", work/"model", "--epochs", 1, "--batch-size", 8, "--workers", 0)
     assert proc.returncode == 0, describe(proc)
     from deepfake_mlops.inference import package_model
     return work, package_model(work/"model", work/"model.tar.gz", version="test-1")
@@ -84,3 +91,18 @@ def demo_server(demo_model, start_server):
     "`deepfake-mlops serve` of the demo model.tar.gz, as a user runs it: (base URL, model.tar.gz)."
     work, tar = demo_model
     return start_server(tar), tar
+
+
+FFPP_PIPELINE_RUN = "ffpp-pipeline-run"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    "Work units for `pytest -n 2 --dist loadgroup` (`make test`): one per test module, so a module's fixtures are built once."
+    # the FF++ pipeline run is the longest fixture by far: its tests are a unit of their own, scheduled first, while the
+    # other worker takes the rest (among them the local engine's demo-data tests, which live in the same module)
+    def group(item) -> str:
+        if item.module.__name__ == "test_local_engine" and "ffpp_run" in item.fixturenames: return FFPP_PIPELINE_RUN
+        return item.module.__name__
+    for item in items: item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: group(item) != FFPP_PIPELINE_RUN)  # stable: the rest keep their order

@@ -1,6 +1,6 @@
 "`deepfake-mlops` end to end: the command line contract, face extraction on the FaceForensics++ sample, and folders of unlabelled videos."
 from __future__ import annotations
-import inspect, io, json, os, shutil
+import io, json, os, re, shutil
 from pathlib import Path
 
 import cv2
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepfake_mlops.faces import VIDEO_META, contact_sheet
+from deepfake_mlops.faces import VIDEO_META
 from deepfake_mlops.manifest import COLUMNS, read_manifest, read_manifest_csv
 from helpers import describe, read_csv_text, run_cli, temp_leftovers
 
@@ -19,13 +19,16 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 # ---------------------------------------------------------------------------------------------- CLI basics
 
-SUBCOMMANDS = ["weights", "manifest", "extract", "contact-sheet", "demo"]
+# every command the README documents, written out here rather than read from the parser
+SUBCOMMANDS = ["weights", "manifest", "extract", "train", "evaluate", "predict", "serve", "deploy", "contact-sheet",
+               "demo", "pipeline", "run", "models", "executions"]
 
 def test_help_lists_every_subcommand():
     proc = run_cli("--help")
     assert proc.returncode == 0, describe(proc)
-    missing = [c for c in SUBCOMMANDS if c not in proc.stdout]
-    assert not missing, f"--help does not mention {missing}:\n{proc.stdout}"
+    # argparse lists each command at the start of its own line, indented by four spaces (help text wraps deeper)
+    listed = re.findall(r"^ {4}([a-z][a-z-]*)(?: |$)", proc.stdout, re.M)
+    assert sorted(listed) == sorted(SUBCOMMANDS), f"--help lists {listed}, expected {SUBCOMMANDS}:\n{proc.stdout}"
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_subcommand_help(command):
@@ -148,16 +151,22 @@ def test_ffpp_rows_carry_the_manifest_labels(ffpp, ffpp_run, ffpp_faces):
     assert (ffpp_faces.loc[fake, "label"] == "FAKE").all() and (ffpp_faces.loc[~fake, "label"] == "REAL").all()
     assert (ffpp_faces.loc[~fake, "method"] == "original").all()
 
-def test_ffpp_contact_sheet(ffpp_run, ffpp_faces):
+def test_ffpp_contact_sheet(ffpp_run, ffpp_faces, tmp_path):
     _, out = ffpp_run
     png = out/"contact_sheet.png"
     assert png.is_file(), "extract draws contact_sheet.png unless --no-contact-sheet"
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     image = cv2.imread(str(png))
-    defaults = inspect.signature(contact_sheet).parameters
-    thumb, max_videos = defaults["thumb"].default, defaults["max_videos"].default
-    rows = min(ffpp_faces.loc[ffpp_faces["crop_path"] != "", "video_id"].nunique(), max_videos)
-    assert abs(image.shape[0] - rows * thumb) <= 1, f"{image.shape[0]} px high, expected {rows} rows of {thumb} px"
+    # the documented sheet: 96 px thumbnails, 8 per row, one row per video up to 40 rows, and a 320 px column of labels
+    # (3.2 in at 100 dpi); the 68 videos of the sample, all with crops, make 40 rows
+    assert ffpp_faces.loc[ffpp_faces["crop_path"] != "", "video_id"].nunique() == 68
+    assert abs(image.shape[0] - 40 * 96) <= 1 and abs(image.shape[1] - (8 * 96 + 320)) <= 1, image.shape
+    # and `deepfake-mlops contact-sheet` draws what it is asked for: 5 rows of 3
+    small = tmp_path/"small.png"
+    proc = run_cli("contact-sheet", out, "--png", small, "--per-video", 3, "--max-videos", 5)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(small), describe(proc)
+    image = cv2.imread(str(small))
+    assert abs(image.shape[0] - 5 * 96) <= 1 and abs(image.shape[1] - (3 * 96 + 320)) <= 1, image.shape
 
 # ---------------------------------------------------------------------------------------------- output files
 

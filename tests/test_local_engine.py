@@ -145,8 +145,17 @@ def test_ffpp_run_registers_a_pending_version_with_metrics_and_lineage(ffpp_run)
     assert "registered deepfake-detection:1" in proc.stdout, describe(proc)
     record = Registry(root/"registry.db").get("deepfake-detection", 1)
     assert record["status"] == "PendingManualApproval"
-    assert 0 <= record["metrics"]["auc"] <= 1 and record["metrics"]["auc"] >= 0.6  # the default gate
+    # the registered metrics are the ones this execution's Evaluate step wrote, and its AUC is that of the test videos' scores
+    from sklearn.metrics import roc_auc_score
+    from deepfake_mlops.local import evaluation_folder
+    execution_id = proc.stdout.split("execution ", 1)[1].split()[0].rstrip(":")
+    folder = evaluation_folder(root, LocalEngine(root).describe(execution_id))
+    evaluation = json.loads((folder/"evaluation.json").read_text())
+    assert record["metrics"] == {k: v["value"] for k, v in evaluation["binary_classification_metrics"].items()}, record["metrics"]
+    videos = pd.read_csv(folder/"videos.csv")
+    assert record["metrics"]["auc"] == pytest.approx(roc_auc_score(videos["target"], videos["prob"]), abs=1e-9)
     lineage = record["lineage"]
+    assert lineage["execution_id"] == execution_id and LocalEngine(root).store.path(lineage["evaluation"]) == folder/"evaluation.json"
     assert len(lineage["data_manifest_sha256"]) == 64 and lineage["code"]["bundle"].endswith("sourcedir.tar.gz")
     assert lineage["parameters"]["InputData"].endswith("ffpp") and Path(record["model_data"]).exists()
     listed = run_cli("models", "list", "--root", root)

@@ -62,14 +62,22 @@ def test_notebook_upserts_starts_and_reports_without_pretending(aws, tmp_path):
         assert all(k in created["PipelineDefinition"] for k in keys)
         assert sm.describe_model_package_group(ModelPackageGroupName="df-test-models")["ModelPackageGroupName"] == "df-test-models"
 
-    second = papermill(tmp_path/"second.ipynb", aws, **common, parameters={"Epochs": 5})
+    # a second run whose definition differs: another key prefix, so other code and output URIs
+    second = papermill(tmp_path/"second.ipynb", aws, **common, base_job_prefix="df-test-v2", parameters={"Epochs": 5})
     assert second.returncode == 0, second.stderr[-3000:]
     with environ(aws):
         sm = boto3.client("sagemaker", region_name=REGION)
         updated = sm.describe_pipeline(PipelineName="df-test")
         assert updated["PipelineArn"] == created["PipelineArn"]
-        assert updated["LastModifiedTime"] >= created["LastModifiedTime"]
         assert len(sm.list_pipelines()["PipelineSummaries"]) == 1  # updated, not created again
+        # the stored definition is the new one: it names the code uploaded under the new prefix, not the old code
+        assert json.loads(updated["PipelineDefinition"]) != definition
+        new_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="df-test-v2/code/")["Contents"]]
+        assert sorted(k.rsplit("/", 1)[1] for k in new_keys) == ["launch.py", "sourcedir.tar.gz"]
+        assert all(k in updated["PipelineDefinition"] for k in new_keys)
+        assert not any(k in updated["PipelineDefinition"] for k in keys)
+        assert f"s3://{BUCKET}/df-test-v2/Train" in updated["PipelineDefinition"]
+        assert f"s3://{BUCKET}/deepfake-mlops/" not in updated["PipelineDefinition"]
         runs = sm.list_pipeline_executions(PipelineName="df-test")["PipelineExecutionSummaries"]
         assert len(runs) == 2
         given = [{p["Name"]: p["Value"] for p in sm.list_pipeline_parameters_for_execution(

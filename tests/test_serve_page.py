@@ -26,6 +26,14 @@ def browser():
     driver.quit()
 
 
+@pytest.fixture(scope="module")
+def sample_video(ffpp) -> Path:
+    "One real video of the FaceForensics++ sample (the `ffpp` fixture skips when ../shared/datasets is absent)."
+    video = ffpp/"original_sequences/youtube/c23/videos/183.mp4"
+    if not video.is_file(): pytest.skip(f"{video} not present in the FaceForensics++ sample")
+    return video
+
+
 def _pick(browser, url, path, timeout=300) -> str:
     "Open the page, pick `path` in its file input, and wait for the verdict or the error; returns which one shows."
     from selenium.webdriver.common.by import By
@@ -66,10 +74,9 @@ def _check_shown(browser, expected):
         assert (float(m.get_attribute("cy")) <= line) == (f["probability"] >= expected["threshold"]), f
 
 
-def test_page_shows_the_verdict_predict_gives(demo_server, browser, ffpp):
+def test_page_shows_the_verdict_predict_gives(demo_server, browser, sample_video):
     url, tar = demo_server
-    video = ffpp/"original_sequences/youtube/c23/videos/183.mp4"
-    if not video.exists(): pytest.skip(f"{video} not present in the FaceForensics++ sample")
+    video = sample_video
     proc = run_cli("predict", tar, video, "--json")
     assert proc.returncode == 0, describe(proc)
     expected = json.loads(proc.stdout)[0]
@@ -78,11 +85,11 @@ def test_page_shows_the_verdict_predict_gives(demo_server, browser, ffpp):
     assert expected["model_version"] == "test-1" and expected["faces_found"] > 1
 
 
-def test_page_shows_the_verdict_for_a_photo(demo_server, browser, ffpp, tmp_path):
+def test_page_shows_the_verdict_for_a_photo(demo_server, browser, sample_video, tmp_path):
     import cv2
     from deepfake_mlops.video import sample_frames
     url, _ = demo_server
-    frame = sample_frames(ffpp/"original_sequences/youtube/c23/videos/183.mp4", 1)[0].image
+    frame = sample_frames(sample_video, 1)[0].image
     photo = tmp_path/"face.jpg"
     cv2.imwrite(str(photo), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     status, expected = _post(url, photo.read_bytes(), "image/jpeg")  # the handler's answer for the same bytes
@@ -108,9 +115,9 @@ def test_page_shows_the_error_of_a_refused_upload(demo_server, browser, tmp_path
     assert not browser.find_element("id", "verdict").is_displayed()
 
 
-def test_page_refuses_a_file_over_the_server_limit_before_sending_it(demo_model, start_server, browser, ffpp):
+def test_page_refuses_a_file_over_the_server_limit_before_sending_it(demo_model, start_server, browser, sample_video):
     work, tar = demo_model
-    video = ffpp/"original_sequences/youtube/c23/videos/183.mp4"
+    video = sample_video
     url = start_server(tar, env={"DEEPFAKE_MLOPS_MAX_BODY": str(video.stat().st_size - 1)})
     assert _pick(browser, url, video, timeout=60) == "error"
     assert "over this server's limit" in _text(browser, "error")

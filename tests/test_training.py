@@ -39,35 +39,35 @@ def test_entry_point_reads_sagemaker_defaults_and_every_setting(monkeypatch, tmp
     assert from_options(TrainConfig, parse_args([])) == TrainConfig()
 
 
-@pytest.fixture(scope="module")
-def demo_faces(demo_clips, tmp_path_factory):
-    "Face crops of the demo clips (8 frames each)."
-    out = tmp_path_factory.mktemp("faces")/"faces"
-    proc = run_cli("extract", demo_clips, "--out", out, "--frames", 8, "--workers", 2, "--no-contact-sheet")
-    assert proc.returncode == 0, describe(proc)
-    return out
-
-
 def _train_argv(faces, out, *extra):
     return [sys.executable, "-m", "deepfake_mlops.train", "--train", str(faces), "--model-dir", str(out),
             "--batch-size", "8", "--crops-per-video", "4", "--workers", "0", *map(str, extra)]
 
 
 def test_distributed_training_with_two_processes(demo_faces, tmp_path):
-    "Launched like SageMaker's torch_distributed (torchrun), two CPU processes train one model over gloo."
+    "Launched like SageMaker's torch_distributed (torchrun), two CPU processes train one model over gloo (of the other backbone)."
     out = tmp_path/"model"
     torchrun = Path(sys.executable).parent/"torchrun"
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", *_train_argv(demo_faces, out, "--epochs", 1)[1:]],
-                          capture_output=True, text=True, timeout=900)
+    argv = _train_argv(demo_faces, out, "--epochs", 1, "--backbone", "efficientnet_lite0")[1:]
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", *argv], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, describe(proc)
     summary = json.loads((out/"train.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs_run"] == 1
-    metrics = pd.read_csv(out/"metrics.csv")
+    metrics = pd.read_csv(out/"metrics.csv", dtype={"images_per_rank": str})
     assert len(metrics) == 1
-    # both processes drew their share of the epoch's crops
-    assert metrics["images"][0] >= 2 * 8, metrics
+    # each process counted the crops it trained on itself: both drew their half of the epoch's sample (4 crops per
+    # training video, as many class-balanced draws), every other crop, in batches of 8 without a partial last batch
+    split = read_split(out/"split.csv")
+    faces = pd.read_csv(demo_faces/"faces.csv", dtype=str, keep_default_na=False)
+    train_crops = faces[(faces["crop_path"] != "") & faces["video_id"].isin(split.loc[split["split"] == "train", "video_id"])]
+    drawn = int(train_crops.groupby("video_id").size().clip(upper=4).sum())
+    halves = [len(range(rank, drawn, 2)) for rank in (0, 1)]
+    expected = [n - n % 8 if n > 8 else n for n in halves]
+    per_rank = [int(n) for n in metrics["images_per_rank"][0].split(";")]
+    assert per_rank == expected and metrics["images"][0] == sum(per_rank), (per_rank, expected, drawn)
     from deepfake_mlops.model import load_model
-    assert load_model(out).config["backbone"] == "mobilenet_v2"
+    model = load_model(out)  # refuses weights that do not fit the backbone config.json names
+    assert model.config["backbone"] == "efficientnet_lite0" and model.backbone_name == "efficientnet_lite0"
 
 
 def test_killed_training_resumes_from_its_checkpoint(demo_faces, tmp_path):
@@ -78,16 +78,28 @@ def test_killed_training_resumes_from_its_checkpoint(demo_faces, tmp_path):
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline: time.sleep(0.5)
     assert ckpt.exists(), "no checkpoint was written"
     proc.send_signal(signal.SIGKILL); proc.wait()
-    done_before = len(pd.read_csv(out/"metrics.csv"))
+    import torch
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    done_before = state["epoch"] + 1  # epochs finished and checkpointed before the kill
     assert 1 <= done_before < 3
     resumed = subprocess.run(_train_argv(demo_faces, out, "--epochs", 3), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, describe(resumed)
-    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert f"after epoch {done_before}" in resumed.stdout + resumed.stderr, describe(resumed)
+    # the resumed call trained only the epochs that were left; the finished ones kept their records
+    summary = json.loads((out/"train.json").read_text())
+    assert (summary["epochs_run"], summary["epochs_trained"]) == (3, 3 - done_before), summary
     metrics = pd.read_csv(out/"metrics.csv")
-    assert metrics["epoch"].tolist() == list(range(1, len(metrics) + 1)) and len(metrics) >= done_before
+    assert metrics["epoch"].tolist() == [1, 2, 3]
+    before = pd.DataFrame(json.loads(state["history"]))
+    assert metrics["train_loss"][:done_before].tolist() == pytest.approx(before["train_loss"].tolist(), rel=1e-9)
+    # the saved threshold is the one chosen on the saved model's validation videos
+    from deepfake_mlops.data import read_crops
+    from deepfake_mlops.evaluate import choose_threshold, score_crops, video_scores
     from deepfake_mlops.model import load_model
     model = load_model(out)
-    assert model.config["backbone"] == "mobilenet_v2" and 0 <= model.config["threshold"] <= 1
+    val = read_crops(demo_faces, read_split(out/"split.csv")).query("split == 'val'").reset_index(drop=True)
+    videos = video_scores(val.assign(prob=score_crops(model, val)))
+    assert model.config["threshold"] == pytest.approx(choose_threshold(videos["target"], videos["prob"]), abs=1e-4)
 
 
 def test_bad_training_input_fails_clearly(demo_faces, tmp_path):
