@@ -38,10 +38,8 @@ run: install
 
 test: install pytest nbtest
 
-# two workers: most tests wait on subprocesses and servers; tests/conftest.py keeps each module's fixtures on one worker
-PYTEST_WORKERS ?= 2
 pytest: install
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/pytest
 
 nbtest: install
 	$(BIN)/nbdev-test --n-workers 2

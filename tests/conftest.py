@@ -92,17 +92,3 @@ def demo_server(demo_model, start_server):
     work, tar = demo_model
     return start_server(tar), tar
 
-
-FFPP_PIPELINE_RUN = "ffpp-pipeline-run"
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    "Work units for `pytest -n 2 --dist loadgroup` (`make test`): one per test module, so a module's fixtures are built once."
-    # the FF++ pipeline run is the longest fixture by far: its tests are a unit of their own, scheduled first, while the
-    # other worker takes the rest (among them the local engine's demo-data tests, which live in the same module)
-    def group(item) -> str:
-        if item.module.__name__ == "test_local_engine" and "ffpp_run" in item.fixturenames: return FFPP_PIPELINE_RUN
-        return item.module.__name__
-    for item in items: item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=lambda item: group(item) != FFPP_PIPELINE_RUN)  # stable: the rest keep their order
