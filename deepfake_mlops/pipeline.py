@@ -20,10 +20,8 @@ from .core import TrainConfig
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 # %% auto #0
-__all__ = ['PIPELINE_DEFAULTS', 'STEP_NAMES', 'PROPERTY_FILE', 'AUC_PATH', 'PipelineSettings', 'output_uri', 'code_uris',
-           'get_pipeline', 'pipeline_definition', 'definition_json', 'upload_code', 'execution_id', 'project_tags',
-           'ensure_model_package_group', 'upsert_pipeline', 'start_execution', 'wait_for_execution', 'execution_steps',
-           'read_json_uri', 'download_uri', 'model_packages']
+__all__ = ['PIPELINE_DEFAULTS', 'STEP_NAMES', 'PROPERTY_FILE', 'AUC_PATH', 'PipelineSettings', 'sdk_calls', 'output_uri',
+           'code_uris', 'get_pipeline', 'pipeline_definition', 'definition_json']
 
 # %% ../nbs/14_pipeline.ipynb #99101243
 @dataclass(frozen=True)
@@ -59,9 +57,17 @@ AUC_PATH = "binary_classification_metrics.auc.value"
 # %% ../nbs/14_pipeline.ipynb #1784c2e4
 _TRACEBACK_PRINTERS = ("_showtraceback", "showtraceback", "showsyntaxerror")
 
+def _check_config_once(check):
+    "`check` (the SDK's schema check of its config) run once per distinct config instead of on every lookup."
+    checked = set()
+    def once(config=None):
+        key = json.dumps(config, sort_keys=True, default=str)
+        if key not in checked: check(config); checked.add(key)
+    return once
+
 @contextmanager
-def _quiet_sdk():
-    "Building a definition makes the SDK log a page of notes about popped job names and config files; keep errors only."
+def sdk_calls():
+    "Around every SDK call: errors only in its logs (not a page of notes), plain tracebacks, its config checked once."
     # importing the SDK also installs rich's boxed traceback printer (sagemaker_core does, in the interpreter and in
     # IPython); run reports need plain error text, so the printers in place before are put back afterwards
     import sys
@@ -72,11 +78,17 @@ def _quiet_sdk():
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
+    # the SDK checks its config against its JSON schema on every config lookup, about 60 per build at 0.2 s
+    # each (most of a build's time); the config does not change between lookups, so once is enough
+    import sagemaker.utils
+    check = sagemaker.utils.validate_sagemaker_config
+    sagemaker.utils.validate_sagemaker_config = _check_config_once(check)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        sagemaker.utils.validate_sagemaker_config = check
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
         sys.excepthook = hook
@@ -259,7 +271,7 @@ def get_pipeline(region:str, # AWS region of the pipeline and its jobs
     "The SageMaker pipeline: preprocess (sharded), train, evaluate, AUC gate, then register or fail."
     if kwargs:
         print(f"get_pipeline: ignoring arguments it does not use: {', '.join(sorted(kwargs))}")
-    with _quiet_sdk():
+    with sdk_calls():
         return _build(region, role, default_bucket, pipeline_name, model_package_group_name, base_job_prefix, settings, bundle)
 
 def _build(region, role, default_bucket, pipeline_name, model_package_group_name, base_job_prefix, settings, bundle):
@@ -291,110 +303,10 @@ def _build(region, role, default_bucket, pipeline_name, model_package_group_name
 # %% ../nbs/14_pipeline.ipynb #54f72381
 def pipeline_definition(pipeline) -> dict:
     "The definition of a built pipeline, parsed (without the SDK's notes on stderr)."
-    with _quiet_sdk(): return json.loads(pipeline.definition())
+    with sdk_calls(): return json.loads(pipeline.definition())
 
 def definition_json(region:str, role:str, default_bucket:str, **kwargs) -> str:
     "The pipeline definition as indented JSON text (same input, same bytes)."
     pipeline = get_pipeline(region, role, default_bucket, **kwargs)
-    with _quiet_sdk(): text = pipeline.definition()
+    with sdk_calls(): text = pipeline.definition()
     return json.dumps(json.loads(text), indent=2) + "\n"
-
-# %% ../nbs/14_pipeline.ipynb #10ba9cd0
-def upload_code(s3_client, # a boto3 S3 client
-                default_bucket:str, base_job_prefix:str="deepfake-mlops") -> dict[str, str]:
-    "Upload the source bundle where the definition expects it (skipped when already there); returns the URIs."
-    from deepfake_mlops.steps import source_bundle
-    bundle = source_bundle()
-    uris = code_uris(default_bucket, base_job_prefix, bundle)
-    for name, uri in uris.items():
-        key = uri.split("/", 3)[3]
-        try:
-            s3_client.head_object(Bucket=default_bucket, Key=key)
-            continue  # the key names the bundle's hash: the same code is there already
-        except s3_client.exceptions.ClientError:
-            pass
-        s3_client.put_object(Bucket=default_bucket, Key=key, Body=bundle[name])
-    return uris
-
-# %% ../nbs/14_pipeline.ipynb #36312cd0
-def execution_id(arn:str) -> str:
-    "The execution id at the end of a pipeline execution ARN (the `Execution.PipelineExecutionId` of the definition)."
-    return arn.rsplit("/", 1)[-1]
-
-def project_tags(project_name:str|None=None, project_id:str|None=None, tags:dict|list|None=None) -> list[dict]:
-    "Tags for the pipeline: the SageMaker project's (as its template sets them) plus any given."
-    out = [{"Key": "sagemaker:project-name", "Value": project_name}] if project_name else []
-    if project_id: out.append({"Key": "sagemaker:project-id", "Value": project_id})
-    extra = tags.items() if isinstance(tags, dict) else [(t["Key"], t["Value"]) for t in tags or []]
-    return out + [{"Key": str(k), "Value": str(v)} for k, v in extra]
-
-def ensure_model_package_group(sm, name:str, description:str="deepfake video detectors") -> bool:
-    "Create the model package group unless it exists; True when it was created."
-    from botocore.exceptions import ClientError
-    try:
-        sm.describe_model_package_group(ModelPackageGroupName=name)
-        return False
-    except ClientError:
-        sm.create_model_package_group(ModelPackageGroupName=name, ModelPackageGroupDescription=description)
-    return True
-
-def upsert_pipeline(pipeline, role:str, s3, default_bucket:str, base_job_prefix:str, tags:list[dict]|None=None) -> str:
-    "Upload the code the definition names, then create or update the pipeline; returns its ARN."
-    upload_code(s3, default_bucket, base_job_prefix)
-    with _quiet_sdk():
-        return pipeline.upsert(role_arn=role, description="deepfake-mlops: extract faces, train, evaluate, gate, register",
-                               tags=tags or None)["PipelineArn"]
-
-def start_execution(pipeline, overrides:dict|list|None=None) -> str:
-    "Start an execution with checked parameter overrides; returns its ARN."
-    params = parse_overrides(pipeline_definition(pipeline), overrides)
-    with _quiet_sdk(): return pipeline.start(parameters=params or None).arn
-
-def wait_for_execution(sm, arn:str, timeout_s:float=3600, poll_s:float=30) -> dict:
-    "Poll until the execution ends or `timeout_s` passes; returns status, failure reason, seconds and whether it timed out."
-    import time
-    t0 = time.monotonic()
-    while True:
-        d = sm.describe_pipeline_execution(PipelineExecutionArn=arn)
-        status, waited = d["PipelineExecutionStatus"], time.monotonic() - t0
-        if status not in ("Executing", "Stopping"):
-            return dict(status=status, failure_reason=d.get("FailureReason", ""), seconds=round(waited, 1), timed_out=False)
-        if waited + poll_s > timeout_s:
-            return dict(status=status, failure_reason="", seconds=round(waited, 1), timed_out=True)
-        time.sleep(poll_s)
-
-def execution_steps(sm, arn:str):
-    "The execution's steps as a table, or None and the reason they could not be listed."
-    import pandas as pd
-    from botocore.exceptions import BotoCoreError, ClientError
-    try:
-        pages = sm.get_paginator("list_pipeline_execution_steps").paginate(PipelineExecutionArn=arn, SortOrder="Ascending")
-        rows = [dict(step=s["StepName"], status=s["StepStatus"], started=s.get("StartTime"), ended=s.get("EndTime"),
-                     cache_hit=bool(s.get("CacheHitResult")), failure=s.get("FailureReason", ""))
-                for page in pages for s in page["PipelineExecutionSteps"]]
-        return pd.DataFrame(rows), ""
-    except (ClientError, BotoCoreError) as e:
-        return None, f"the step list is not available from this endpoint ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-
-def read_json_uri(s3, uri:str) -> dict|None:
-    "A JSON object from S3, or None when there is none."
-    from botocore.exceptions import ClientError
-    bucket, key = uri[5:].split("/", 1)
-    try: return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except ClientError: return None
-
-def download_uri(s3, uri:str, dest:str|Path) -> Path|None:
-    "Download one S3 object to `dest`; None when there is none."
-    from botocore.exceptions import ClientError
-    bucket, key = uri[5:].split("/", 1)
-    try: body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError: return None
-    Path(dest).write_bytes(body)
-    return Path(dest)
-
-def model_packages(sm, group:str, n:int=5):
-    "The newest `n` versions of a model package group as a table (newest first)."
-    import pandas as pd
-    found = sm.list_model_packages(ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending", MaxResults=n)
-    return pd.DataFrame([dict(arn=p["ModelPackageArn"], version=p.get("ModelPackageVersion"), status=p.get("ModelApprovalStatus"),
-                              created=p.get("CreationTime")) for p in found["ModelPackageSummaryList"]])

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse, gzip, importlib.metadata, importlib.resources, io, json, os, sys, tarfile, tempfile
 from pathlib import Path
 
-import pandas as pd
-
 import deepfake_mlops
 from .core import DEFAULTS, atomic_write_text
-from .faces import read_index, _read_rows
 from .launchers.launch import requirement_name
+# pandas and the face modules (torch) are imported where used: building a pipeline definition needs this
+# module's source bundle, and no torch
 
 # %% auto #0
 __all__ = ['SERVING_REQUIREMENTS_EXCLUDE', 'ml_root', 'current_host', 'find_shards', 'merge_shards', 'shard_manifest',
@@ -55,6 +54,8 @@ def merge_shards(root:str|Path, # the preprocess output: one extraction folder p
                  out:str|Path, # folder for the combined index (crops stay where they are)
                 ) -> Path:
     "One extraction folder (faces.csv, manifest.csv, extraction.json) over all shards under `root`."
+    import pandas as pd
+    from deepfake_mlops.faces import read_index, _read_rows
     shards = find_shards(root)
     out = Path(out)
     settings = [_settings(s) for s in shards]

@@ -127,21 +127,26 @@ def test_a_killed_run_is_marked_failed_and_the_next_one_resumes_from_finished_st
     assert "Preprocess: cached" in again.stdout and "Train: done" in again.stdout, describe(again)
 
 
+# the FF++ runs test the engine on real videos, not the recipe: 8 frames a video and two epochs (the defaults, 32
+# frames and up to 8 early-stopped epochs, take 5 minutes on 2 cores; BENCHMARKS.md has their figures), and an open
+# gate: on the sample's 14 test videos the AUC's 95% interval spans about 0.1 to 1.0, so whether a model clears
+# MinAuc 0.6 is chance, not a property of the engine; both branches of the gate are tested, open here, closed below
+FFPP = ["--param", "FramesPerVideo=8", "--param", "Epochs=2", "--param", "MinAuc=0"]
+
+
 @pytest.fixture(scope="module")
 def ffpp_run(ffpp, tmp_path_factory):
-    "`deepfake-mlops run --data ffpp` with the pipeline's defaults, timed."
+    "`deepfake-mlops run --data ffpp` with the FF++ settings above."
     root = tmp_path_factory.mktemp("ffpp-engine")
     t0 = time.perf_counter()
-    proc = run_cli("run", "--root", root, "--data", ffpp, timeout=1500)
-    seconds = time.perf_counter() - t0
+    proc = run_cli("run", "--root", root, "--data", ffpp, *FFPP, timeout=1500)
     assert proc.returncode == 0, describe(proc)
-    print(f"ffpp local run: {seconds:.0f} s")
-    return root, proc, seconds
+    print(f"ffpp local run: {time.perf_counter() - t0:.0f} s")
+    return root, proc
 
 
 def test_ffpp_run_registers_a_pending_version_with_metrics_and_lineage(ffpp_run):
-    root, proc, seconds = ffpp_run
-    assert seconds < 20 * 60
+    root, proc = ffpp_run
     assert "registered deepfake-detection:1" in proc.stdout, describe(proc)
     record = Registry(root/"registry.db").get("deepfake-detection", 1)
     assert record["status"] == "PendingManualApproval"
@@ -165,7 +170,7 @@ def test_ffpp_run_registers_a_pending_version_with_metrics_and_lineage(ffpp_run)
 def test_ffpp_second_run_is_served_from_cache(ffpp_run, ffpp):
     root = ffpp_run[0]
     t0 = time.perf_counter()
-    proc = run_cli("run", "--root", root, "--data", ffpp)
+    proc = run_cli("run", "--root", root, "--data", ffpp, *FFPP)
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, describe(proc)
     assert proc.stdout.count(": cached") == 3 and seconds < 30, (seconds, describe(proc))
@@ -177,7 +182,7 @@ def test_ffpp_second_run_is_served_from_cache(ffpp_run, ffpp):
 def test_ffpp_unreachable_gate_registers_nothing_and_says_why(ffpp_run, ffpp):
     root = ffpp_run[0]
     before = len(Registry(root/"registry.db").list())
-    proc = run_cli("run", "--root", root, "--data", ffpp, "--param", "MinAuc=1.01")
+    proc = run_cli("run", "--root", root, "--data", ffpp, *FFPP, "--param", "MinAuc=1.01")
     assert proc.returncode == 1, describe(proc)
     assert "is below MinAuc 1.01" in proc.stdout and "nothing registered" in proc.stdout, describe(proc)
     assert len(Registry(root/"registry.db").list()) == before
@@ -188,7 +193,8 @@ def test_ffpp_papermill_local_report_registers_the_same_model(ffpp_run, ffpp, tm
     cli_version = Registry(root/"registry.db").get("deepfake-detection", 1)
     out = tmp_path/"run_pipeline.ipynb"
     pm = [str(Path(sys.executable).parent/"papermill"), str(REPO/"nbs"/"run_pipeline.ipynb"), str(out), "--cwd", str(REPO),
-          "-p", "target", "local", "-p", "local_root", str(root), "-p", "data", str(ffpp)]
+          "-p", "target", "local", "-p", "local_root", str(root), "-p", "data", str(ffpp),
+          "-y", json.dumps({"parameters": dict(a.split("=") for a in FFPP[1::2])})]
     proc = subprocess.run(pm, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     latest = Registry(root/"registry.db").resolve("deepfake-detection:latest")
