@@ -15,6 +15,18 @@ from .cli_local import add_local_commands
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
+# %% ../nbs/20_cli.ipynb #d20range
+def _count(lo:int, hi:int):
+    "An argparse type: a whole number from `lo` to `hi` (a `core.Range`, the one way settings are checked)."
+    from deepfake_mlops.core import Range
+    allowed = Range(lo, hi, integer=True)
+    def parse(text:str) -> int:
+        try: value = int(text)
+        except ValueError: value = None
+        if value not in allowed: raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+        return value
+    return parse
+
 # %% ../nbs/20_cli.ipynb #aee4cb84
 def _weights_parser(sub):
     p = sub.add_parser("weights", help="fetch the face-detector and backbone weights (checksum-verified) into the cache",
@@ -61,9 +73,9 @@ def _extract_parser(sub):
                                    "skipped on a re-run. Exits 1 when some videos failed or showed no face.")
     p.add_argument("data_dir", type=Path, help="dataset folder (any layout `manifest` reads)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--frames", type=int, default=DEFAULTS.frames_per_video, help="frames sampled per video (default %(default)s)")
-    p.add_argument("--face-size", type=int, default=DEFAULTS.face_size, help="crop side in pixels (default %(default)s)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU core)")
+    p.add_argument("--frames", type=_count(DEFAULTS.limits["frames_per_video"].lo, DEFAULTS.limits["frames_per_video"].hi), default=DEFAULTS.frames_per_video, help="frames sampled per video (default %(default)s)")
+    p.add_argument("--face-size", type=_count(DEFAULTS.limits["face_size"].lo, DEFAULTS.limits["face_size"].hi), default=DEFAULTS.face_size, help="crop side in pixels (default %(default)s)")
+    p.add_argument("--workers", type=_count(1, 256), default=None, help="worker processes (default: one per CPU core)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for the face detector (default cpu)")
     p.add_argument("--detector", default=DEFAULTS.detector, choices=["auto", "short", "full"],
                    help="BlazeFace model: auto = short range, then full range where no face was found (default %(default)s)")
@@ -119,7 +131,7 @@ def _evaluate_parser(sub):
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--subset", default="auto", help="auto (the model's test split when it covers the data), all, train, val or test")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=_count(0, 256), default=2, help="crop-loading worker processes (0: in this process)")
     p.set_defaults(func=_evaluate)
 
 def _evaluate(args):
@@ -165,13 +177,11 @@ def _videos_in(paths:list[Path]) -> list[Path]:
     return videos
 
 def _predict(args):
-    import tempfile
-    from deepfake_mlops.inference import DeepfakeDetector, NoFaceError, safe_extract
+    from deepfake_mlops.inference import DeepfakeDetector, NoFaceError, unpacked
     from deepfake_mlops.video import VideoError
     videos = _videos_in(args.videos)  # before the model loads: a wrong folder is said at once
     model = _model_location(args.model, args.root)
-    if model.is_file(): model = safe_extract(model, tempfile.mkdtemp(prefix="deepfake-model-"))
-    detector = DeepfakeDetector(model, args.device)
+    with unpacked(model) as folder: detector = DeepfakeDetector(folder, args.device)  # loaded: the unpacked files can go
     results, failed = [], 0
     for video in videos:
         try: results.append(dict(video=str(video), **detector.predict_video(video)))
@@ -192,22 +202,37 @@ def _print_verdicts(results, detector):
 # %% ../nbs/20_cli.ipynb #09408b82
 def _serve_parser(sub):
     p = sub.add_parser("serve", help="serve a model on the SageMaker inference contract (GET /ping, POST /invocations)",
-                       description="Answer POST /invocations with video/mp4, image/jpeg, image/png or application/json "
-                                   "({\"path\": ...} or {\"s3_uri\": ...}) bodies; bad requests get 4xx JSON answers.")
+                       description="Answer POST /invocations with video/mp4, image/jpeg or image/png bodies (and JSON "
+                                   "naming a file or S3 object, where --allow-paths or --allow-s3 allow it); bad requests "
+                                   "get 4xx JSON answers. Each limit option defaults to its DEEPFAKE_MLOPS_* variable, "
+                                   "as inside SageMaker's container.")
     p.add_argument("model", help="a model folder, a model.tar.gz or a registry reference (GROUP:VERSION, GROUP:latest-approved)")
     p.add_argument("--root", type=Path, default=local_root(), help="local engine folder whose registry resolves references")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port (default %(default)s, SageMaker's)")
+    p.add_argument("--port", type=_count(1, 65535), default=8080, help="port (default %(default)s, SageMaker's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--max-body", type=int, help="largest request body in bytes ($DEEPFAKE_MLOPS_MAX_BODY; default 200 MiB)")
+    p.add_argument("--read-timeout", type=float,
+                   help="seconds a socket read waits for the client ($DEEPFAKE_MLOPS_READ_TIMEOUT; default 30)")
+    p.add_argument("--max-connections", type=int,
+                   help="connections served at once, 503 past them ($DEEPFAKE_MLOPS_MAX_CONNECTIONS; default 32)")
+    p.add_argument("--allow-paths", type=Path,
+                   help='folder whose files JSON {"path": ...} requests may name ($DEEPFAKE_MLOPS_ALLOW_PATHS; default: none)')
+    p.add_argument("--allow-s3", action="append", metavar="S3_PREFIX",
+                   help='s3://BUCKET/PREFIX whose objects {"s3_uri": ...} requests may name, repeatable '
+                        "($DEEPFAKE_MLOPS_ALLOW_S3, comma-separated; default: none)")
     p.set_defaults(func=_serve)
 
 def _serve(args):
-    import tempfile, threading
-    from deepfake_mlops.inference import safe_extract
+    import threading
+    from deepfake_mlops.inference import ServeLimits
     from deepfake_mlops.serve import serve
+    # the options override the DEEPFAKE_MLOPS_* variables; a bad value stops here, before the model loads
+    limits = ServeLimits.from_env(max_body=args.max_body, read_timeout=args.read_timeout,
+                                  max_connections=args.max_connections, allow_paths=args.allow_paths,
+                                  allow_s3=tuple(args.allow_s3) if args.allow_s3 else None)
     model = _model_location(args.model, args.root)
-    if model.is_file(): model = safe_extract(model, tempfile.mkdtemp(prefix="deepfake-model-"))
-    server = serve(model, args.host, args.port, args.device)
+    server = serve(model, args.host, args.port, args.device, limits)
     print(f"serving {args.model} on http://{args.host}:{server.server_address[1]} (GET /ping, POST /invocations); Ctrl-C stops")
     try: threading.Event().wait()
     except KeyboardInterrupt: server.shutdown()
@@ -250,8 +275,8 @@ def _contact_sheet_parser(sub):
                        description="Draw the crops of an extraction folder as a labelled grid.")
     p.add_argument("faces_dir", type=Path, help="an extraction output folder")
     p.add_argument("--png", type=Path, help="output file (default FACES_DIR/contact_sheet.png)")
-    p.add_argument("--per-video", type=int, default=8, help="crops per row (default %(default)s)")
-    p.add_argument("--max-videos", type=int, default=40, help="rows (default %(default)s)")
+    p.add_argument("--per-video", type=_count(1, 100), default=8, help="crops per row (default %(default)s)")
+    p.add_argument("--max-videos", type=_count(1, 10_000), default=40, help="rows (default %(default)s)")
     p.set_defaults(func=_contact_sheet)
 
 def _contact_sheet(args):
@@ -263,8 +288,8 @@ def _demo_parser(sub):
     p = sub.add_parser("demo", help="render small labelled demo clips from face photos shipped with installed packages",
                        description="A smoke-test dataset (labels.csv layout) that needs no download.")
     p.add_argument("out", type=Path, help="folder to create")
-    p.add_argument("--n-real", type=int, default=4)
-    p.add_argument("--n-fake", type=int, default=4)
+    p.add_argument("--n-real", type=_count(0, 100), default=4)
+    p.add_argument("--n-fake", type=_count(0, 100), default=4)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
 
@@ -293,3 +318,6 @@ def main(argv:list[str]|None=None) -> int:
     except (OSError, ValueError, FloatingPointError) as e:
         print(f"deepfake-mlops {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: what was finished is kept (the message says so where there is any)
+        print(f"deepfake-mlops {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        return 130

@@ -81,23 +81,30 @@ def _run(args):
 def _models_parser(sub):
     p = sub.add_parser("models", help="the local model registry: list, show, approve or reject versions")
     p.add_argument("action", choices=["list", "show", "approve", "reject"])
-    p.add_argument("ref", nargs="?", help="GROUP:VERSION, GROUP:latest or GROUP:latest-approved")
+    p.add_argument("ref", nargs="?", help="GROUP:VERSION (approve and reject need one), GROUP:latest or GROUP:latest-approved")
     p.add_argument("--group", default=None)
     p.add_argument("--status", default=None)
-    p.add_argument("--note", default="", help="why (approve/reject)")
+    p.add_argument("--note", default="", help="why (approve/reject); kept in the version's history")
+    p.add_argument("--by", default=None, help="who approves or rejects (default: the login name)")
     p.add_argument("--json", action="store_true")
     _add_root(p)
     p.set_defaults(func=_models)
 
 def _models(args):
     from deepfake_mlops.registry import Registry
-    reg = Registry(Path(args.root)/"registry.db")
+    reg = Registry(Path(args.root)/"registry.db", create=False)  # a mistyped --root is an error, not a new empty registry
     if args.action == "list": return _list_models(reg, args)
     if not args.ref: raise ValueError(f"models {args.action} needs a model reference such as deepfake-detection:3")
+    group, _, which = args.ref.partition(":")
+    if args.action in ("approve", "reject") and not which.isdigit():
+        # SageMaker approves a model package by its ARN; "latest" could be a version nobody has looked at
+        raise ValueError(f"models {args.action} needs an explicit version such as {group}:3, not {args.ref!r} "
+                         "(`deepfake-mlops models list` shows the versions)")
     try: record = reg.resolve(args.ref)
     except KeyError as e: raise ValueError(str(e).strip("'\"")) from None
     if args.action in ("approve", "reject"):
-        record = reg.set_status(record["group_name"], record["version"], "Approved" if args.action == "approve" else "Rejected", args.note)
+        record = reg.set_status(record["group_name"], record["version"], "Approved" if args.action == "approve" else "Rejected",
+                                args.note, args.by)
     print(json.dumps(record, indent=2))
     return 0
 
@@ -120,6 +127,8 @@ def _executions_parser(sub):
 
 def _executions(args):
     from deepfake_mlops.engine import LocalEngine
+    if not (Path(args.root)/"engine.db").is_file():  # LocalEngine would make an empty one
+        raise FileNotFoundError(f"no executions at {args.root}: it has no engine.db; check --root (a `deepfake-mlops run` makes one)")
     engine = LocalEngine(args.root)
     if args.action == "list":
         for e in engine.executions(args.limit): print(f"{e['id']:34} {e['status']:10} {e['started']}  {e['message'][:80]}")

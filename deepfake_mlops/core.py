@@ -6,15 +6,49 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #6e88e718
 from __future__ import annotations
-import argparse, contextlib, hashlib, inspect, os, re, sqlite3, tempfile, typing
+import argparse, contextlib, hashlib, inspect, numbers, os, re, sqlite3, tempfile, typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'VIDEO_TYPES', 'IMAGE_TYPES', 'JSON_TYPE', 'CONTENT_TYPES', 'Defaults', 'TrainConfig', 'field_comments',
-           'add_options', 'from_options', 'cache_dir', 'local_root', 'shared_datasets', 'atomic_path',
-           'atomic_write_bytes', 'atomic_write_text', 'sha256_file', 'connect', 'write_transaction', 'create_schema']
+__all__ = ['DEFAULTS', 'VIDEO_TYPES', 'IMAGE_TYPES', 'JSON_TYPE', 'CONTENT_TYPES', 'BACKBONE_NAMES', 'Range', 'check_setting',
+           'Defaults', 'TrainConfig', 'field_comments', 'add_options', 'from_options', 'cache_dir', 'local_root',
+           'shared_datasets', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text', 'sha256_file',
+           'CorruptDatabase', 'connect', 'write_transaction', 'create_schema']
+
+# %% ../nbs/00_core.ipynb #91806d2d
+def _number(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+@dataclass(frozen=True)
+class Range:
+    "The numbers a setting allows: `lo` to `hi` inclusive (`lo` excluded when `above`), integers only when `integer`."
+    lo: float
+    hi: float
+    integer: bool = False
+    above: bool = False  # `lo` itself is refused (a learning rate of 0 trains nothing)
+
+    def __contains__(self, value) -> bool:
+        kind = numbers.Integral if self.integer else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind): return False
+        return (self.lo < value if self.above else self.lo <= value) and value <= self.hi  # NaN fails both
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        return f"{kind} {'above' if self.above else 'from'} {_number(self.lo)} {'and at most' if self.above else 'to'} {_number(self.hi)}"
+
+def check_setting(name:str, # the setting as the user wrote it: an option, a parameter or a field
+                  value, # its value
+                  allowed, # a `Range`, or a tuple of the allowed values
+                 ):
+    "`value` when `allowed` allows it, else ValueError naming the setting, the value and what is allowed."
+    # in a tuple, 1 == True and 1.0 == 1: the type must match too
+    ok = value in allowed if isinstance(allowed, Range) else any(value == a and type(value) is type(a) for a in allowed)
+    if ok: return value
+    what = str(allowed) if isinstance(allowed, Range) else "one of " + ", ".join(map(str, allowed))
+    raise ValueError(f"{name} is {value!r}; it must be {what}")
+
 
 # %% ../nbs/00_core.ipynb #53e24aea
 @dataclass(frozen=True)
@@ -27,6 +61,8 @@ class Defaults:
     min_face_score: float = 0.5  # detection confidence threshold (MediaPipe's default)
     crop_jpeg_quality: int = 95  # crops are stored as JPEG; serving passes its crops through the same encoding
     labels: tuple = ("REAL", "FAKE")  # label names; index 1 is the positive (fake) class
+    limits: ClassVar[dict] = dict(frames_per_video=Range(1, 10_000, integer=True), face_size=Range(16, 2048, integer=True),
+                                  face_margin=Range(0, 4), min_face_score=Range(0, 1), crop_jpeg_quality=Range(1, 100, integer=True))
 
 DEFAULTS = Defaults()
 
@@ -37,9 +73,12 @@ JSON_TYPE = "application/json"  # {"s3_uri": ...} or {"path": ...} of a video
 CONTENT_TYPES = VIDEO_TYPES + IMAGE_TYPES + (JSON_TYPE,)
 
 # %% ../nbs/00_core.ipynb #a12f7565
+# the backbones `model.BACKBONES` builds, named here so that settings are checked without importing torch
+BACKBONE_NAMES = ("mobilenet_v2", "efficientnet_lite0")
+
 @dataclass
 class TrainConfig:
-    "Everything that defines a training run; the CLI and the SageMaker entry point make their options from it."
+    "Everything that defines a training run, checked when made; the CLI and the SageMaker entry point make their options from it."
     backbone: str = "mobilenet_v2"  # a name in `model.BACKBONES`: mobilenet_v2 or efficientnet_lite0
     epochs: int = 8  # most epochs to run (early stopping may end sooner)
     batch_size: int = 32  # crops per optimisation step (per process)
@@ -54,6 +93,17 @@ class TrainConfig:
     workers: int = 2  # DataLoader processes
     device: Literal["auto", "cpu", "cuda"] = "auto"  # "auto": cuda when available, else cpu
     pretrained: bool = True  # ImageNet weights for the backbone
+    limits: ClassVar[dict] = dict(  # fields annotated Literal allow their listed values
+        backbone=BACKBONE_NAMES, epochs=Range(1, 1000, integer=True), batch_size=Range(1, 4096, integer=True),
+        lr=Range(0, 1, above=True), weight_decay=Range(0, 1), blend_prob=Range(0, 1), augment_p=Range(0, 1),
+        crops_per_video=Range(1, 10_000, integer=True), patience=Range(1, 1000, integer=True),
+        seed=Range(0, 2**32 - 1, integer=True), workers=Range(0, 256, integer=True), pretrained=(True, False))
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            allowed = self.limits.get(f.name) or typing.get_args(hints[f.name])
+            check_setting(f"{f.name} (--{f.name.replace('_', '-')})", getattr(self, f.name), allowed)
 
 # %% ../nbs/00_core.ipynb #d6d3e5ee
 def field_comments(cls) -> dict[str, str]:
@@ -165,10 +215,30 @@ def sha256_file(path:str|Path) -> str:
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #11607267
+class CorruptDatabase(ValueError):
+    "A SQLite file that cannot be read: not a database, truncated or damaged."
+
+_DAMAGED = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+class _Connection(sqlite3.Connection):
+    "A connection whose statements report a damaged file as `CorruptDatabase`, naming the file and what to do."
+    path = None
+
+    def execute(self, sql, parameters=()):
+        try: return super().execute(sql, parameters)
+        except sqlite3.DatabaseError as e:
+            if getattr(e, "sqlite_errorname", "") not in _DAMAGED: raise
+            raise CorruptDatabase(f"{self.path} is not a readable SQLite database ({e}): move it aside to start "
+                                  "a new one (its records are lost) or put back a backup copy") from None
+
 def connect(path:str|Path) -> sqlite3.Connection:
-    "An autocommit connection that waits up to a minute for locks; rows as `sqlite3.Row`."
-    db = sqlite3.connect(path, timeout=60, isolation_level=None)
-    db.row_factory = sqlite3.Row
+    "An autocommit connection that waits up to a minute for locks; rows as `sqlite3.Row`; a damaged file is refused at once."
+    db = sqlite3.connect(path, timeout=60, isolation_level=None, factory=_Connection)
+    db.path, db.row_factory = Path(path), sqlite3.Row
+    try: db.execute("SELECT count(*) FROM sqlite_master")  # reads the header and the schema: garbage and truncation show here
+    except CorruptDatabase:
+        db.close()
+        raise
     return db
 
 @contextlib.contextmanager

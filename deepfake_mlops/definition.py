@@ -6,9 +6,12 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/definition.html.md"""
 
 # %% ../nbs/14a_definition.ipynb #a1d2e3f4
 from __future__ import annotations
+import re
+
+from .core import DEFAULTS, Range, TrainConfig, check_setting
 
 # %% auto #0
-__all__ = ['references', 'all_steps', 'unresolved', 'parse_overrides']
+__all__ = ['INSTANCE_TYPE', 'PARAMETER_LIMITS', 'references', 'all_steps', 'unresolved', 'check_parameter', 'parse_overrides']
 
 # %% ../nbs/14a_definition.ipynb #a4d5e6f7
 def references(node) -> set[str]:
@@ -53,6 +56,27 @@ def unresolved(definition:dict) -> list[str]:
     return [ref for ref in sorted(references(definition)) if not _resolves(ref, params, steps)]
 
 # %% ../nbs/14a_definition.ipynb #a8d9e0f1
+INSTANCE_TYPE = re.compile(r"ml\.[a-z0-9]+\.[a-z0-9]+")  # SageMaker instance types: ml.FAMILY.SIZE
+
+PARAMETER_LIMITS = dict(  # what each parameter allows: a Range, a tuple of values, or a pattern
+    FramesPerVideo=DEFAULTS.limits["frames_per_video"], FaceSize=DEFAULTS.limits["face_size"],
+    ProcessingInstanceType=INSTANCE_TYPE, ProcessingInstanceCount=Range(1, 100, integer=True),
+    TrainingInstanceType=INSTANCE_TYPE, TrainingInstanceCount=Range(1, 100, integer=True),
+    Epochs=TrainConfig.limits["epochs"], BatchSize=TrainConfig.limits["batch_size"], LearningRate=TrainConfig.limits["lr"],
+    Backbone=TrainConfig.limits["backbone"], MinAuc=Range(0, 1))
+
+def check_parameter(name:str, # a pipeline parameter
+                    value, # its value, converted to the parameter's type
+                    what:str="parameter", # how the message names it ("the definition's default for parameter")
+                   ):
+    "`value` if `PARAMETER_LIMITS` allows it for `name` (names it does not list allow anything); else ValueError."
+    allowed = PARAMETER_LIMITS.get(name)
+    if isinstance(allowed, re.Pattern):
+        if not (isinstance(value, str) and allowed.fullmatch(value)):
+            raise ValueError(f"{what} {name} is {value!r}; it must be a SageMaker instance type such as ml.m5.xlarge")
+        return value
+    return value if allowed is None else check_setting(f"{what} {name}", value, allowed)
+
 def parse_overrides(definition:dict, # a pipeline definition
                     overrides:dict|list[str]|None, # {name: value} or ["Name=value", ...]
                    ) -> dict:
@@ -71,7 +95,10 @@ def parse_overrides(definition:dict, # a pipeline definition
         allowed = params[name].get("EnumValues")
         if allowed and v not in allowed:
             raise ValueError(f"parameter {name} must be one of {allowed}, not {v!r}")
-        out[name] = v
+        out[name] = check_parameter(name, v)
+    for name, p in params.items():
+        if name not in out and p.get("DefaultValue") is not None:
+            check_parameter(name, p["DefaultValue"], "the definition's default for parameter")
     return out
 
 def _split(item):

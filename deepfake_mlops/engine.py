@@ -12,12 +12,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .core import connect, create_schema, sha256_file
-from .jobs import StepFailed, Store, run_processing, run_training, text_value
+from .jobs import StepFailed, Store, cache_key, run_processing, run_training, text_value
 from .pipeline import all_steps  # the definition helpers; the SDK itself is never imported here
 from .registry import Registry
 
 # %% auto #0
-__all__ = ['json_path', 'Context', 'condition_holds', 'cache_key', 'print_line', 'LocalEngine']
+__all__ = ['json_path', 'Context', 'condition_holds', 'print_line', 'LocalEngine']
 
 # %% ../nbs/17_engine.ipynb #87b264e2
 def json_path(doc, path:str):
@@ -115,10 +115,6 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (execution_id, name));
 """
 
-_CACHE_ATTRIBUTES = {"Processing": ["AppSpecification", "Environment", "ProcessingInputs"],
-                     "Training": ["AlgorithmSpecification", "CheckpointConfig", "DebugHookConfig", "DebugRuleConfigurations",
-                                  "Environment", "HyperParameters", "InputDataConfig"]}
-
 def _utc() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -132,21 +128,6 @@ def _duration(iso:str) -> timedelta:
     y, mo, w, d, h, mi, s = (int(g or 0) for g in m.groups())
     return timedelta(days=365 * y + 30 * mo + 7 * w + d, hours=h, minutes=mi, seconds=s)
 
-def _fingerprint(path:Path) -> str:
-    "Names, sizes and modification times of the files under a local folder (a local input can change in place)."
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(path) if p != path else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-def cache_key(step:dict, resolved:dict, store:Store) -> str:
-    "The step's cache key: its type and the cache attributes of its resolved arguments, plus local inputs' content."
-    keep = {k: resolved.get(k) for k in _CACHE_ATTRIBUTES.get(step["Type"], [])}
-    uris = re.findall(r'"S3Uri": "([^"]+)"', json.dumps(resolved))
-    local = {u: _fingerprint(store.path(u)) for u in sorted(set(uris)) if not u.startswith("s3://") and store.path(u).exists()}
-    return hashlib.sha256(json.dumps([step["Type"], keep, local], sort_keys=True).encode()).hexdigest()
 
 # %% ../nbs/17_engine.ipynb #65e20439
 def _alive(pid:int|None) -> bool:
@@ -178,12 +159,27 @@ def _cached(db:Path, key:str, expire:timedelta) -> dict|None:
     return dict(execution_id=r["execution_id"], properties=json.loads(r["properties"]))
 
 def _step_row(db:Path, execution_id:str, step:dict, **fields):
-    "Write a step's record (when it starts, and again when it ends)."
+    "Write a step's record (when it starts, and again when it ends); fields not given keep their value (the cache key)."
     cols = ", ".join(fields)
     marks = ", ".join("?" * len(fields))
+    update = ", ".join(f"{c}=excluded.{c}" for c in fields)
     with connect(db) as con:
-        con.execute(f"INSERT OR REPLACE INTO steps (execution_id, name, type, {cols}) VALUES (?, ?, ?, {marks})",
+        con.execute(f"INSERT INTO steps (execution_id, name, type, {cols}) VALUES (?, ?, ?, {marks}) "
+                    f"ON CONFLICT (execution_id, name) DO UPDATE SET {update}",
                     (execution_id, step["Name"], step["Type"], *fields.values()))
+
+def _record_key(db:Path, execution_id:str, step:dict, key:str):
+    "Note a job's cache key as it starts: a failed or killed attempt is found by it."
+    with connect(db) as con:
+        con.execute("UPDATE steps SET cache_key=? WHERE execution_id=? AND name=?", (key, execution_id, step["Name"]))
+
+def _unfinished_attempt(db:Path, root:Path, step:dict, key:str, execution_id:str) -> Path|None:
+    "The work folder of the latest failed attempt at this step with the same cache key (same arguments), if any."
+    with connect(db) as con:
+        r = con.execute("SELECT execution_id FROM steps WHERE name=? AND cache_key=? AND status='Failed' "
+                        "AND execution_id<>? ORDER BY started DESC, rowid DESC LIMIT 1",
+                        (step["Name"], key, execution_id)).fetchone()
+    return None if r is None else root/"executions"/r["execution_id"]/step["Name"]
 
 # %% ../nbs/17_engine.ipynb #65d401f9
 def _code_version(ctx:Context, store:Store) -> dict:
@@ -348,10 +344,13 @@ class LocalEngine:
             found = _cached(self.db, key, _duration(cache.get("ExpireAfter", "P30D")))
         if found is not None:
             return _Done(found["properties"], f"cached from {found['execution_id']}", key, True, str(work))
+        eid = ctx.execution["PipelineExecutionId"]
+        _record_key(self.db, eid, step, key)
         if step["Type"] == "Processing":
             props = run_processing(name, args, self.store, work, echo=log)
-        else:
-            props = run_training(name, args, self.store, work, f"{name}-{ctx.execution['PipelineExecutionId']}", echo=log)
+        else:  # same key, same arguments: the checkpoints of a killed attempt fit this one
+            previous = _unfinished_attempt(self.db, self.root, step, key, eid)
+            props = run_training(name, args, self.store, work, f"{name}-{eid}", echo=log, checkpoints_from=previous)
         return _Done(props, "", key, False, str(work))
 
     def _register(self, name:str, args:dict, ctx:Context) -> dict:
@@ -370,6 +369,7 @@ class LocalEngine:
 
     def describe(self, execution_id:str) -> dict:
         "An execution with its steps (KeyError when unknown)."
+        _mark_abandoned(self.db)
         with connect(self.db) as con:
             e = con.execute("SELECT * FROM executions WHERE id=?", (execution_id,)).fetchone()
             if e is None: raise KeyError(f"no execution {execution_id!r} in {self.db}")

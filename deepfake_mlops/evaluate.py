@@ -21,9 +21,9 @@ from .data import FaceCrops
 from .model import normalize
 
 # %% auto #0
-__all__ = ['EPS', 'BOOTSTRAP_METRICS', 'video_scores', 'eer', 'choose_threshold', 'binary_metrics', 'score_crops', 'bootstrap',
-           'evaluation_report', 'evaluation_json', 'write_evaluation', 'plot_evaluation', 'plot_mistakes',
-           'evaluate_model', 'summary_line']
+__all__ = ['EPS', 'BOOTSTRAP_METRICS', 'video_scores', 'eer', 'choose_threshold', 'binary_metrics', 'threshold_check',
+           'score_crops', 'bootstrap', 'evaluation_report', 'evaluation_json', 'write_evaluation', 'plot_evaluation',
+           'plot_mistakes', 'evaluate_model', 'summary_line']
 
 # %% ../nbs/09_evaluate.ipynb #a04556ab
 EPS = 1e-15  # DFDC log-loss clipping
@@ -67,6 +67,25 @@ def binary_metrics(y, p, threshold:float=0.5) -> dict:
         eer=eer(y, p) if both else float("nan"),
         threshold=float(threshold), n=int(len(y)), n_fake=int(y.sum()),
     )
+
+# %% ../nbs/09_evaluate.ipynb #8d697627
+def threshold_check(threshold:float, # the model's decision threshold (config.json)
+                    y=None, p=None, # labels and scores of the validation videos, when they are at hand
+                   ) -> dict:
+    "Whether a model's threshold is usable: below 1.0 and, on validation videos, some threshold beats chance."
+    out = dict(usable=True, reason="", validation_videos=0, validation_best_balanced_accuracy=float("nan"))
+    if y is not None and len(set(np.asarray(y, int))) == 2:
+        fpr, tpr, _ = skm.roc_curve(y, p)
+        best = float(np.max(tpr - fpr))
+        out.update(validation_videos=int(len(y)), validation_best_balanced_accuracy=0.5 + best / 2)
+        if best <= 0:
+            return {**out, "usable": False, "reason": f"no threshold on the {len(y)} validation videos does better than chance "
+                                                      "(best balanced accuracy 0.5): the model does not tell REAL from FAKE"}
+    if threshold >= 1.0:
+        return {**out, "usable": False, "reason": f"the threshold is {threshold:g}, so the model calls every video REAL "
+                                                  "(validation found no threshold better than chance)"}
+    return out
+
 
 # %% ../nbs/09_evaluate.ipynb #824b5463
 @torch.inference_mode()
@@ -131,8 +150,10 @@ def bootstrap(y, p, threshold:float=0.5, n:int=1000, seed:int=0) -> dict:
 # %% ../nbs/09_evaluate.ipynb #95bb57dc
 def evaluation_report(frames:pd.DataFrame, # video_id, target, prob[, method] per frame
                       threshold:float=0.5, # the threshold chosen on validation
-                      n_boot:int=1000, seed:int=0) -> dict:
-    "Frame- and video-level metrics, bootstrap intervals and per-method AUCs."
+                      n_boot:int=1000, seed:int=0,
+                      check:dict|None=None, # `threshold_check` of the model (default: of `threshold` alone)
+                     ) -> dict:
+    "Frame- and video-level metrics, bootstrap intervals, per-method AUCs and whether the threshold is usable."
     videos = video_scores(frames)
     y, p = videos["target"].to_numpy(int), videos["prob"].to_numpy()
     report = dict(
@@ -140,7 +161,8 @@ def evaluation_report(frames:pd.DataFrame, # video_id, target, prob[, method] pe
                    bootstrap=bootstrap(y, p, threshold, n_boot, seed)),
         frame=dict(at_0_5=binary_metrics(frames["target"], frames["prob"], 0.5),
                    at_threshold=binary_metrics(frames["target"], frames["prob"], threshold)),
-        threshold=float(threshold), videos=int(len(videos)), frames=int(len(frames)))
+        threshold=float(threshold), videos=int(len(videos)), frames=int(len(frames)),
+        threshold_check=check or threshold_check(threshold))
     if "method" in videos:
         reals = videos[videos["target"] == 0]
         per = {}
@@ -252,10 +274,18 @@ def evaluate_model(model_dir:str|Path, # a saved model (`model.save_model`)
     if rows.empty: raise ValueError(f"no crops to evaluate in subset {subset!r} of {data_dir}")
     rows = rows.reset_index(drop=True).assign(prob=score_crops(model, rows, device, batch_size, workers))
     threshold = float(model.config.get("threshold", 0.5))
-    report = evaluation_report(rows, threshold, n_boot)
+    check = _validation_check(model, crops, threshold, device, batch_size, workers)
+    report = evaluation_report(rows, threshold, n_boot, check=check)
     report.update(model_dir=str(model_dir), data=str(data_dir), subset=subset)
     _write_outputs(report, rows, threshold, out_dir, f"{Path(data_dir).name}: {subset}")
     return report
+
+def _validation_check(model, crops, threshold, device, batch_size, workers) -> dict:
+    "`threshold_check` of the model, on its validation videos when the data holds them (the pipeline's always does)."
+    val = crops[crops["split"] == "val"].reset_index(drop=True)
+    if val.empty or val["target"].nunique() < 2: return threshold_check(threshold)
+    videos = video_scores(val.assign(prob=score_crops(model, val, device, batch_size, workers)))
+    return threshold_check(threshold, videos["target"], videos["prob"])
 
 def _write_outputs(report, rows, threshold, out_dir, title):
     "evaluation.json, the per-video and per-frame scores and the two plots."
@@ -274,5 +304,7 @@ def summary_line(report:dict) -> str:
     "One line with the headline numbers of a report."
     v, b = report["video"]["at_threshold"], report["video"]["bootstrap"]
     lo, hi = b["auc"]["ci95"]
+    check = report.get("threshold_check") or {"usable": True}
+    warning = "" if check["usable"] else f"; WARNING, threshold not usable: {check['reason']}"
     return (f"{report['videos']} videos: AUC {v['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), log loss {v['log_loss']:.3f}, "
-            f"balanced accuracy {v['balanced_accuracy']:.3f} at threshold {report['threshold']:.2f}")
+            f"balanced accuracy {v['balanced_accuracy']:.3f} at threshold {report['threshold']:.2f}{warning}")

@@ -6,7 +6,8 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/faces.html.md"""
 
 # %% ../nbs/05_faces.ipynb #9fa5ce3e
 from __future__ import annotations
-import json, os, shutil, time
+import json, os, shutil, signal, threading, time
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .core import DEFAULTS, atomic_path, atomic_write_text
+from .core import DEFAULTS, Range, atomic_path, atomic_write_text, check_setting
 from .video import VideoError, sample_frames
 from .blazeface import FaceDetector
 from .manifest import write_manifest
@@ -151,8 +152,21 @@ def extract_video(video:dict, # a manifest row (needs video_id, path and the VID
 # %% ../nbs/05_faces.ipynb #6bfb4714
 _worker = {}
 
-def _init_worker(detector, device, weights_root, threads):
+def _watch_parent(pid:int, every_s:float=0.5):
+    "End this worker once process `pid` is gone: a pool's workers are children of the fork server, not of the run."
+    server = os.getppid()  # the fork server ends with the run too; a run that is a zombie still answers os.kill
+    while True:
+        time.sleep(every_s)
+        try: os.kill(pid, 0)
+        except OSError: os._exit(1)  # nothing to flush: a video in flight is redone by the next run
+        if os.getppid() != server: os._exit(1)
+
+def _init_worker(detector, device, weights_root, threads, parent_pid=None):
     import torch
+    if parent_pid:  # a pool worker
+        # Ctrl-C reaches the whole terminal group: the run decides what to stop, a worker must not print a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     if threads: torch.set_num_threads(threads); cv2.setNumThreads(threads)
     _worker["face_detector"] = FaceDetector(detector, device=device, weights_root=weights_root)
 
@@ -168,6 +182,38 @@ def _counts(df):
     frames = df.drop_duplicates("frame_index")
     return dict(frames=len(frames), frames_with_face=int((df.groupby("frame_index")["face"].max() >= 0).sum()),
                 faces=int((df["face"] >= 0).sum()), crops=int((df["crop_path"] != "").sum()))
+
+# %% ../nbs/05_faces.ipynb #d383c5e1
+@contextmanager
+def _sigterm_interrupts():
+    "While videos are extracted, SIGTERM stops the run as Ctrl-C does, so that the workers are shut down either way."
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    def interrupt(signum, frame): raise KeyboardInterrupt(signal.Signals(signum).name)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try: yield
+    finally: signal.signal(signal.SIGTERM, previous)
+
+def _run_pool(todo, out_dir, kw, workers, initargs, results, bar):
+    "Extract `todo` with `workers` processes, adding (video_id, reason) to `results`; on Ctrl-C the workers are killed."
+    pool = ProcessPoolExecutor(workers, mp_context=pool_context(initargs[1]), initializer=_init_worker,
+                               initargs=initargs)
+    try:
+        futures = {pool.submit(_run_one, v, out_dir, dict(kw, decode_threads=1)): v for v in todo}
+        for f in as_completed(futures):
+            try: results.append(f.result())
+            except BrokenProcessPool as e:  # a worker died (a decoder crash, out of memory): the batch goes on
+                results.append((futures[f]["video_id"], f"{futures[f]['path']}: worker process died "
+                                                        f"while this video was in flight ({e})"))
+            bar.update()
+    except BaseException:
+        # a video in flight is abandoned: its part file is written last and atomically, so the rerun redoes it
+        for p in list((pool._processes or {}).values()): p.kill()  # the executor has no public way to stop its workers
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
 
 # %% ../nbs/05_faces.ipynb #71760793
 def _check_settings(out_dir, settings):
@@ -212,9 +258,16 @@ def _read_rows(path):
     df[present] = df[present].fillna("")
     return df
 
-def _status(counts):
-    "Status and reason of a finished video from its counts."
-    return ("ok", "") if counts["faces"] else ("no_face", f"no face found in any of {counts['frames']} sampled frames")
+def _status(counts, name):
+    "Status and reason of the finished video `name` from its counts."
+    if counts["faces"]: return "ok", ""
+    return "no_face", f"{name}: no face found in any of {counts['frames']} sampled frames"
+
+def _check_numbers(frames, face_size, margin, workers):
+    "Refuse numbers no extraction can use, before the output folder is created or locked to them."
+    given = dict(frames=(frames, "frames_per_video"), face_size=(face_size, "face_size"), margin=(margin, "face_margin"))
+    for name, (value, key) in given.items(): check_setting(name, value, DEFAULTS.limits[key])
+    if workers is not None: check_setting("workers", workers, Range(1, 1024, integer=True))
 
 def extract_faces(manifest:pd.DataFrame, # one row per video (see `manifest.read_manifest`)
                   out_dir:str|Path, # output folder (created; finished videos in it are skipped)
@@ -228,6 +281,7 @@ def extract_faces(manifest:pd.DataFrame, # one row per video (see `manifest.read
                   progress:bool=True, # show a progress bar
                  ) -> dict:
     "Extract faces of every video in `manifest` into `out_dir`; returns the run summary (also in summary.json)."
+    _check_numbers(frames=frames, face_size=face_size, margin=margin, workers=workers)
     out_dir = Path(out_dir); (out_dir/"parts").mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, dict(frames=frames, face_size=face_size, margin=margin, detector=detector))
     _check_weights(detector, weights_root)
@@ -241,20 +295,18 @@ def extract_faces(manifest:pd.DataFrame, # one row per video (see `manifest.read
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     results = []
     bar = tqdm(total=len(todo), desc="extracting faces", unit="video", disable=not progress)
-    if not todo: pass
-    elif workers == 1:
-        _init_worker(detector, device, weights_root, 0)
-        for v in todo: results.append(_run_one(v, out_dir, kw)); bar.update()
-    else:
-        with ProcessPoolExecutor(workers, mp_context=pool_context(device), initializer=_init_worker,
-                                 initargs=(detector, device, weights_root, 1)) as pool:
-            futures = {pool.submit(_run_one, v, out_dir, dict(kw, decode_threads=1)): v for v in todo}
-            for f in as_completed(futures):
-                try: results.append(f.result())
-                except BrokenProcessPool as e:  # a worker died (a decoder crash, out of memory): the batch goes on
-                    results.append((futures[f]["video_id"], f"{futures[f]['path']}: worker process died "
-                                                            f"while this video was in flight ({e})"))
-                bar.update()
+    try:
+        with _sigterm_interrupts():
+            if not todo: pass
+            elif workers == 1:
+                _init_worker(detector, device, weights_root, 0)
+                for v in todo: results.append(_run_one(v, out_dir, kw)); bar.update()
+            else: _run_pool(todo, out_dir, kw, workers, (detector, device, weights_root, 1, os.getpid()), results, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        finished = sum((out_dir/"parts"/f"{v['video_id']}.csv").exists() for v in videos)
+        raise KeyboardInterrupt(f"interrupted: {finished} of {len(videos)} videos finished in {out_dir}; "
+                                "run the same command again to resume") from None
     bar.close()
     return _finish(out_dir, videos, done, results, time.perf_counter() - start)
 
@@ -265,14 +317,15 @@ def _finish(out_dir, videos, done, results, seconds):
     for v in videos:
         part = out_dir/"parts"/f"{v['video_id']}.csv"
         if v["video_id"] in failed or not part.exists():
-            statuses.append(dict(video_id=v["video_id"], relpath=v.get("relpath", ""), status="failed",
-                                 reason=failed.get(v["video_id"], "not processed"), frames=0, frames_with_face=0, faces=0, crops=0))
+            reason = failed.get(v["video_id"], f"{v.get('relpath') or v['video_id']}: not processed")
+            statuses.append(dict(video_id=v["video_id"], relpath=v.get("relpath", ""), status="failed", reason=reason,
+                                 frames=0, frames_with_face=0, faces=0, crops=0))
             continue
         df = _read_rows(part)
         for k in VIDEO_META: df[k] = str(v.get(k, ""))  # labels and groups as the manifest says now, not when the part was written
         parts.append(df)
         counts = _counts(df)
-        status, reason = _status(counts)
+        status, reason = _status(counts, v.get("relpath") or v["video_id"])
         statuses.append(dict(video_id=v["video_id"], relpath=v.get("relpath", ""), status=status, reason=reason, **counts))
     index = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
     with atomic_path(out_dir/"faces.csv") as p: index.to_csv(p, index=False)

@@ -6,7 +6,8 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/inference.html.md"""
 
 # %% ../nbs/11_inference.ipynb #b874903d
 from __future__ import annotations
-import contextlib, io, json, os, tarfile, tempfile
+import contextlib, gzip, io, json, os, re, tarfile, tempfile, zlib
+from dataclasses import dataclass, fields
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,8 +22,8 @@ from .faces import as_stored, crop_square, link_tracks, main_track
 from .model import load_model, normalize
 
 # %% auto #0
-__all__ = ['HANDLER', 'MAX_BODY_BYTES', 'fuse_batchnorm', 'DeepfakeDetector', 'NoFaceError', 'package_model', 'safe_extract',
-           'RequestError', 'model_fn', 'input_fn', 'predict_fn', 'output_fn']
+__all__ = ['HANDLER', 'fuse_batchnorm', 'DeepfakeDetector', 'NoFaceError', 'package_model', 'safe_extract', 'unpacked',
+           'ServeLimits', 'RequestError', 'model_fn', 'input_fn', 'predict_fn', 'output_fn']
 
 # %% ../nbs/11_inference.ipynb #78e19aa4
 def fuse_batchnorm(module:torch.nn.Module) -> torch.nn.Module:
@@ -149,66 +150,175 @@ def package_model(model_dir:str|Path, # a trained model folder
     return out
 
 # %% ../nbs/11_inference.ipynb #7fe11d1e
+def _check_member(m:tarfile.TarInfo, dest:Path):
+    "Refuse a member that would land outside `dest`, or that is not a plain file or folder."
+    target = (dest/m.name).resolve()
+    if m.name.startswith("/") or ".." in Path(m.name).parts or not target.is_relative_to(dest):
+        raise ValueError(f"member {m.name!r} would be written outside the folder it is unpacked into")
+    if not (m.isfile() or m.isdir()): raise ValueError(f"member {m.name!r} is a link or device, refused")
+
 def safe_extract(archive:str|Path, dest:str|Path) -> Path:
-    "Extract a model.tar.gz after checking every member; raises ValueError naming the first unsafe one."
+    "Extract a model.tar.gz after checking every member; raises ValueError naming the archive and the first unsafe member."
     dest = Path(dest).resolve(); dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        for m in tar.getmembers():
-            target = (dest/m.name).resolve()
-            if m.name.startswith("/") or ".." in Path(m.name).parts or not str(target).startswith(str(dest)):
-                raise ValueError(f"{archive}: member {m.name!r} would be written outside {dest}")
-            if not (m.isfile() or m.isdir()):
-                raise ValueError(f"{archive}: member {m.name!r} is a link or device, refused")
-        tar.extractall(dest, filter="data")
+    try:
+        with tarfile.open(archive) as tar:
+            for m in tar.getmembers(): _check_member(m, dest)
+            tar.extractall(dest, filter="data")
+    except ValueError as e: raise ValueError(f"{archive}: {e}") from None
+    # tarfile's own message lists every compression it tried, over several lines
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile):
+        raise ValueError(f"{archive} is not a model.tar.gz (not a tar archive, or cut short); "
+                         "package_model writes one") from None
     return dest
 
+@contextlib.contextmanager
+def unpacked(model:str|Path): # a model folder or a model.tar.gz
+    "The model folder itself, or the model.tar.gz unpacked into a temporary folder that is removed on exit."
+    model = Path(model)
+    if not model.is_file():
+        yield model
+        return
+    with tempfile.TemporaryDirectory(prefix="deepfake-model-") as tmp:
+        folder = str(safe_extract(model, tmp))
+        try: yield Path(folder)
+        except ValueError as e:  # a file of the archive is named as the user knows it, not by the temporary folder
+            raise ValueError(str(e).replace(folder + os.sep, f"{model}: ").replace(folder, str(model))) from None
+
 # %% ../nbs/11_inference.ipynb #6e2e4646
-MAX_BODY_BYTES = int(os.environ.get("DEEPFAKE_MLOPS_MAX_BODY", 200 * 1024 * 1024))
+from .core import Range, check_setting
+
+# the numeric limits, checked as every setting is (`core.check_setting`)
+_NUMERIC = dict(max_body=Range(1, 1 << 40, integer=True), read_timeout=Range(0.05, 3600),
+                max_connections=Range(1, 4096, integer=True))
+
+def _where(name): return f"serve --{name.replace('_', '-')} or DEEPFAKE_MLOPS_{name.upper()}"
+
+@dataclass(frozen=True)
+class ServeLimits:
+    "What a model server accepts, set by `serve` options or by DEEPFAKE_MLOPS_<FIELD> variables (`from_env`)."
+    max_body:int = 200 * 1024 * 1024  # bytes of one request body
+    read_timeout:float = 30.0  # seconds one socket read may wait for the client
+    max_connections:int = 32  # connections served at once; the next ones are answered 503
+    allow_paths:Path|None = None  # folder whose files {"path": ...} may name (None: no local files)
+    allow_s3:tuple = ()  # s3://BUCKET/PREFIX whose objects {"s3_uri": ...} may name (none: no S3)
+    def __post_init__(self):
+        for name, allowed in _NUMERIC.items(): check_setting(f"{name} ({_where(name)})", getattr(self, name), allowed)
+        if self.allow_paths is not None:
+            if not Path(self.allow_paths).is_dir():
+                raise ValueError(f"{self.allow_paths}: no such folder ({_where('allow_paths')})")
+            object.__setattr__(self, "allow_paths", Path(self.allow_paths).resolve())
+        prefixes = (self.allow_s3,) if isinstance(self.allow_s3, str) else tuple(self.allow_s3)
+        for p in prefixes:
+            if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?", p):
+                raise ValueError(f"S3 prefix {p!r} must look like s3://BUCKET or s3://BUCKET/PREFIX ({_where('allow_s3')})")
+        # a bare bucket must not also admit s3://BUCKET-other
+        object.__setattr__(self, "allow_s3", tuple(p if "/" in p[5:] else p + "/" for p in prefixes))
+
+    @classmethod
+    def from_env(cls, environ=None, **options) -> "ServeLimits":
+        "Limits from DEEPFAKE_MLOPS_<FIELD> variables, with the `options` that are not None on top."
+        env, values = os.environ if environ is None else environ, {}
+        for f in fields(cls):
+            raw = env.get(f"DEEPFAKE_MLOPS_{f.name.upper()}", "").strip()
+            if not raw: continue
+            if f.name == "allow_s3": values[f.name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+            elif f.name == "allow_paths": values[f.name] = Path(raw)
+            else:
+                try: values[f.name] = (int if _NUMERIC[f.name].integer else float)(raw)
+                except ValueError:
+                    raise ValueError(f"DEEPFAKE_MLOPS_{f.name.upper()} is {raw!r}; it must be a number") from None
+        return cls(**values | {k: v for k, v in options.items() if v is not None})
 
 class RequestError(Exception):
     "A request the handler refuses, with the HTTP status to answer."
     def __init__(self, status:int, message:str): super().__init__(message); self.status = status
 
 def model_fn(model_dir:str, context=None) -> DeepfakeDetector:
-    "Load the model and detector from an unpacked model.tar.gz."
+    "Load the model and detector from an unpacked model.tar.gz (a bad DEEPFAKE_MLOPS_* setting stops it here)."
+    ServeLimits.from_env()
     return DeepfakeDetector(model_dir, "cuda" if torch.cuda.is_available() else "cpu")
 
-def input_fn(body:bytes, content_type:str, context=None):
+# %% ../nbs/11_inference.ipynb #b11fetch
+def _local_file(path:str, root:Path|None) -> str:
+    "The file `path` names inside the operator's folder `root`; refused alike whether or not it exists outside."
+    if root is None:
+        raise RequestError(403, "this server reads no local files: send the video as the request body "
+                                "(the operator can allow a folder with serve --allow-paths or DEEPFAKE_MLOPS_ALLOW_PATHS)")
+    try:
+        target = (root/path).resolve()  # a link inside that points out resolves outside
+        if not target.is_relative_to(root):
+            raise RequestError(403, f"path {path!r} is outside the folder this server reads from")
+        if not target.is_file(): raise RequestError(404, f"path {path!r}: no such file in the folder this server reads from")
+    except (OSError, ValueError): raise RequestError(400, f"path {path[:200]!r} is not a usable file name") from None
+    return str(target)
+
+def _s3_object(uri:str, limits:ServeLimits) -> str:
+    "A temporary copy of the S3 object `uri`, if it is under one of the operator's prefixes and within the body limit."
+    if not limits.allow_s3:
+        raise RequestError(403, "this server fetches nothing from S3: send the video as the request body "
+                                "(the operator can allow prefixes with serve --allow-s3 or DEEPFAKE_MLOPS_ALLOW_S3)")
+    found = re.fullmatch(r"s3://([^/]+)/(.+)", uri)
+    if not found: raise RequestError(400, f"s3_uri {uri[:200]!r} must look like s3://BUCKET/KEY")
+    if not uri.startswith(limits.allow_s3):
+        raise RequestError(403, f"s3_uri {uri!r} is outside the S3 prefixes this server reads")
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+    fd, path = tempfile.mkstemp(suffix=".video"); os.close(fd)
+    try:
+        s3 = boto3.client("s3")
+        size = s3.head_object(Bucket=found[1], Key=found[2])["ContentLength"]
+        if size > limits.max_body:
+            raise RequestError(413, f"s3_uri {uri!r} is {size} bytes, over the {limits.max_body}-byte limit")
+        s3.download_file(found[1], found[2], path)
+    except BaseException as e:
+        Path(path).unlink(missing_ok=True)
+        if not isinstance(e, (BotoCoreError, ClientError)): raise
+        code = e.response.get("Error", {}).get("Code", "") if isinstance(e, ClientError) else type(e).__name__
+        status = 404 if code in ("404", "NoSuchKey") else 502
+        raise RequestError(status, f"s3_uri {uri!r} could not be fetched ({code})") from None
+    return path
+
+def _json_request(body:bytes, limits:ServeLimits):
+    "The video a JSON request names: {\"path\": ...} or {\"s3_uri\": ...}, one text field."
+    try: request = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise RequestError(400, f"invalid JSON: {e}") from None
+    except RecursionError: raise RequestError(400, "invalid JSON: nested too deeply") from None
+    keys = sorted({"path", "s3_uri"} & set(request)) if isinstance(request, dict) else []
+    if len(keys) != 1 or not isinstance(request[keys[0]], str) or not request[keys[0]] or "\0" in request[keys[0]]:
+        raise RequestError(400, 'a JSON request is an object with one text field: '
+                                '{"path": "..."} or {"s3_uri": "s3://BUCKET/KEY"}')
+    where = request[keys[0]]
+    if keys[0] == "path": return ("video", _local_file(where, limits.allow_paths), False, where)
+    return ("video", _s3_object(where, limits), True, where)
+
+# %% ../nbs/11_inference.ipynb #b11input
+def input_fn(body:bytes, content_type:str, context=None,
+             limits:ServeLimits|None=None, # default: `ServeLimits.from_env()`
+            ):
     "Decode a request: a video (kept as a temporary file), an image (RGB array) or JSON naming a path or S3 URI."
+    limits = limits or ServeLimits.from_env()
     kind = (content_type or "").split(";")[0].strip().lower()
-    if len(body) > MAX_BODY_BYTES: raise RequestError(413, f"request body of {len(body)} bytes is over the {MAX_BODY_BYTES}-byte limit")
+    if len(body) > limits.max_body:
+        raise RequestError(413, f"request body of {len(body)} bytes is over the {limits.max_body}-byte limit")
     if kind in IMAGE_TYPES:
         image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
         if image is None: raise RequestError(422, f"the {kind} body is not a decodable image")
         return ("image", cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
     if kind in VIDEO_TYPES or kind.startswith("video/"):
         fd, path = tempfile.mkstemp(suffix=".video"); os.write(fd, body); os.close(fd)
-        return ("video", path, True)
-    if kind == JSON_TYPE:
-        try: request = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise RequestError(400, f"invalid JSON: {e}") from None
-        where = request.get("path") or request.get("s3_uri") if isinstance(request, dict) else None
-        if not where: raise RequestError(400, 'JSON requests need {"path": ...} or {"s3_uri": ...}')
-        return ("video", _fetch(where), str(where).startswith("s3://"))
-    raise RequestError(415, f"unsupported content type {content_type!r}; send video/mp4 (or another video type), "
+        return ("video", path, True, "the request body")
+    if kind == JSON_TYPE: return _json_request(body, limits)
+    raise RequestError(415, f"unsupported content type {content_type[:100]!r}; send video/mp4 (or another video type), "
                             f"image/jpeg, image/png or application/json")
-
-def _fetch(where):
-    if not str(where).startswith("s3://"):
-        if not Path(where).is_file(): raise RequestError(404, f"{where}: no such file")
-        return str(where)
-    import boto3
-    bucket, key = str(where)[5:].split("/", 1)
-    fd, path = tempfile.mkstemp(suffix=".video"); os.close(fd)
-    boto3.client("s3").download_file(bucket, key, path)
-    return path
 
 def predict_fn(data, model:DeepfakeDetector, context=None) -> dict:
     "Run the detector on decoded input; undecodable media and faceless inputs become 422 errors."
     try:
         if data[0] == "image": return model.predict_image(data[1])
         return model.predict_video(data[1])
-    except (VideoError, NoFaceError) as e: raise RequestError(422, str(e)) from None
+    except (VideoError, NoFaceError) as e:
+        # the answer names the video as the client named it, never the server's temporary file
+        raise RequestError(422, str(e).replace(data[1], data[3]) if data[0] == "video" else str(e)) from None
     finally:
         if data[0] == "video" and data[2]: Path(data[1]).unlink(missing_ok=True)
 

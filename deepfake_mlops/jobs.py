@@ -6,13 +6,13 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/jobs.html.md"""
 
 # %% ../nbs/15_jobs.ipynb #2e51f779
 from __future__ import annotations
-import json, os, queue, re, shutil, subprocess, sys, tarfile, threading, time
+import ctypes, hashlib, json, os, queue, re, shutil, signal, subprocess, sys, tarfile, threading, time
 from pathlib import Path
 
 from .core import atomic_path, atomic_write_bytes
 
 # %% auto #0
-__all__ = ['CONTAINER_ML', 'PROGRESS_EVERY_S', 'StepFailed', 'Store', 'text_value', 'run_processing', 'run_training']
+__all__ = ['CONTAINER_ML', 'PROGRESS_EVERY_S', 'StepFailed', 'Store', 'text_value', 'run_processing', 'cache_key', 'run_training']
 
 # %% ../nbs/15_jobs.ipynb #8e85dbe7
 CONTAINER_ML = "/opt/ml"
@@ -119,11 +119,25 @@ def _pump(stream, log:Path, lines:queue.Queue, label:str):
     if pending.strip(): lines.put(label + pending.decode(errors="replace").strip())
     lines.put(None)
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+def _die_with(parent:int):
+    "A `preexec_fn` that has the kernel send the job SIGTERM when the engine's process `parent` dies (SIGKILL included)."
+    # elsewhere a killed engine's jobs run to their end: `_follow` still stops them on Ctrl-C
+    if not sys.platform.startswith("linux"): return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only makes the call
+    def arm():
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent: os._exit(1)  # the engine died before the request took effect
+    return arm
+
 def _start(cmd:list[str], env:dict, cwd:Path, log:Path, lines:queue.Queue, label:str) -> subprocess.Popen:
     "Start a job process, its command line first in its log; a thread follows its output."
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(f"$ {' '.join(cmd)}\n".encode())
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # SIGTERM, not SIGKILL: a job stops its own workers on SIGTERM (the extraction pool, torchrun's ranks)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with(os.getpid()))
     threading.Thread(target=_pump, args=(proc.stdout, log, lines, label), daemon=True).start()
     return proc
 
@@ -142,8 +156,11 @@ def _follow(procs:list[subprocess.Popen], lines:queue.Queue, echo=None, grace_s:
             if line is None: streams -= 1
             elif echo is not None: echo(line)
         return [p.wait() for p in procs]
-    except BaseException:
-        for p in procs: p.kill()  # as `subprocess.run` does: an interrupted engine leaves no job running
+    except BaseException:  # an interrupted engine leaves no job running; a job stops its own workers on SIGTERM
+        for p in procs: p.terminate()
+        for p in procs:
+            try: p.wait(grace_s)
+            except subprocess.TimeoutExpired: p.kill()
         raise
 
 def _tail(log:Path, lines:int=3) -> str:
@@ -175,6 +192,9 @@ def run_processing(name:str, args:dict, store:Store, work:Path,
                   ) -> dict:
     "Run a resolved Processing step's job, one process per instance; returns its properties."
     count = int(args["ProcessingResources"]["ClusterConfig"]["InstanceCount"])
+    if count < 1:
+        raise StepFailed(name, f"ProcessingResources.ClusterConfig.InstanceCount is {count}: "
+                               "a job needs at least 1 instance")
     hosts = [f"algo-{i + 1}" for i in range(count)]
     lines = queue.Queue()
     procs = [_start_instance(args, store, work, hosts, i, lines) for i in range(count)]
@@ -183,12 +203,51 @@ def run_processing(name:str, args:dict, store:Store, work:Path,
         log = work/f"{failed[0]}.log"
         raise StepFailed(name, f"the job on {failed[0]} exited with an error: {_tail(log)}", str(log))
     props = {"ProcessingJobName": f"{name}-{work.parent.name}", "ProcessingJobStatus": "Completed"}
-    for out in args.get("ProcessingOutputConfig", {}).get("Outputs", []):
+    outputs = args.get("ProcessingOutputConfig", {}).get("Outputs", [])
+    for out in outputs:  # an empty output would be cached as a success, and fail every step after it
+        local = [_local(work/host, out["S3Output"]["LocalPath"]) for host in hosts]
+        if not any(p.is_file() for d in local for p in d.rglob("*")):
+            log = work/f"{hosts[0]}.log"
+            raise StepFailed(name, f"the job wrote nothing to its output {out['OutputName']} "
+                                   f"({out['S3Output']['LocalPath']}): {_tail(log)}", str(log))
+    for out in outputs:
         uri = out["S3Output"]["S3Uri"]
         for host in hosts:
             store.put_dir(_local(work/host, out["S3Output"]["LocalPath"]), uri)
         props[f"ProcessingOutputConfig.Outputs['{out['OutputName']}'].S3Output.S3Uri"] = uri
     return props
+
+# %% ../nbs/15_jobs.ipynb #1eae604f
+# SageMaker's cache attributes, plus the instance count: here it changes the output (one shard folder per
+# Processing instance, one torchrun rank per Training instance), so a result made with another count must not be reused
+_CACHE_ATTRIBUTES = {"Processing": ["AppSpecification", "Environment", "ProcessingInputs",
+                                    "ProcessingResources.ClusterConfig.InstanceCount"],
+                     "Training": ["AlgorithmSpecification", "CheckpointConfig", "DebugHookConfig", "DebugRuleConfigurations",
+                                  "Environment", "HyperParameters", "InputDataConfig", "ResourceConfig.InstanceCount"]}
+
+def _fingerprint(path:Path) -> str:
+    "Names, sizes and modification times of the files under a local folder (a local input can change in place)."
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(path) if p != path else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+def _attribute(args:dict, path:str):
+    "The value at a dotted path of a step's arguments, None where it is not given."
+    for part in path.split("."):
+        if not isinstance(args, dict) or part not in args: return None
+        args = args[part]
+    return args
+
+def cache_key(step:dict, resolved:dict, store:Store) -> str:
+    "The step's cache key: its type and the cache attributes of its resolved arguments, plus local inputs' content."
+    keep = {k: _attribute(resolved, k) for k in _CACHE_ATTRIBUTES.get(step["Type"], [])}
+    uris = re.findall(r'"S3Uri": "([^"]+)"', json.dumps(resolved))
+    local = {u: _fingerprint(store.path(u)) for u in sorted(set(uris)) if not u.startswith("s3://") and store.path(u).exists()}
+    return hashlib.sha256(json.dumps([step["Type"], keep, local], sort_keys=True).encode()).hexdigest()
+
 
 # %% ../nbs/15_jobs.ipynb #debe65ac
 def _hyperparameter_args(hps:dict) -> list[str]:
@@ -232,8 +291,16 @@ def _pack_model(model_dir:Path, target:Path):
             for p in sorted(model_dir.rglob("*")):
                 if p.is_file(): tar.add(p, arcname=p.relative_to(model_dir).as_posix())
 
+def _seed_checkpoints(previous:Path, ml:Path, echo=None):
+    "Copy the checkpoints of the job in work folder `previous` into this one's, as SageMaker restores a CheckpointConfig."
+    found = _local(previous/"algo-1", CONTAINER_ML)/"checkpoints"
+    if not (found.is_dir() and any(found.iterdir())): return
+    shutil.copytree(found, ml/"checkpoints", dirs_exist_ok=True)
+    if echo is not None: echo(f"    checkpoints of {previous.parent.name}, an unfinished run of this job, copied in")
+
 def run_training(name:str, args:dict, store:Store, work:Path, job_name:str,
                  echo=None, # called with each line the job prints, as it prints it
+                 checkpoints_from:Path|None=None, # the work folder of an unfinished attempt with the same arguments
                 ) -> dict:
     "Run a resolved Training step's job like the SageMaker PyTorch training container; returns its properties."
     root = work/"algo-1"
@@ -241,6 +308,7 @@ def run_training(name:str, args:dict, store:Store, work:Path, job_name:str,
     hps = dict(args.get("HyperParameters", {}))
     env = _training_env(ml, hps, job_name)
     _lay_out_training(name, args, store, ml, hps, env)
+    if checkpoints_from is not None: _seed_checkpoints(checkpoints_from, ml, echo)
     program = json.loads(hps["sagemaker_program"])
     count = int(args["ResourceConfig"]["InstanceCount"])
     # several instances become several processes of one torchrun, as the toolkit's torch_distributed launcher does per node

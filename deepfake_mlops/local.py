@@ -31,16 +31,30 @@ class LocalTarget:
 LOCAL = LocalTarget()
 DEMO_CLIPS = dict(n_real=10, n_fake=10)  # enough for a train/val/test split with both labels in each
 
+def _built_definition(target:LocalTarget, bundle:dict[str, bytes]) -> dict:
+    "The definition `get_pipeline` builds for `target`, kept in the cache folder under what determines it."
+    # a build imports the SageMaker SDK and takes seconds; the same code (the bundle's hash), SDK version and
+    # target give the same bytes (tests/test_pipeline_definition.py), so a rerun reads the bytes back instead
+    import hashlib, importlib.metadata
+    from deepfake_mlops.core import atomic_write_text, cache_dir
+    key = hashlib.sha256(json.dumps([hashlib.sha256(bundle["sourcedir.tar.gz"]).hexdigest(), importlib.metadata.version("sagemaker"),
+                                     vars(target)], sort_keys=True).encode()).hexdigest()[:24]
+    cached = cache_dir()/"definitions"/f"{key}.json"
+    if cached.exists(): return json.loads(cached.read_text())
+    from deepfake_mlops.pipeline import definition_json
+    text = definition_json(target.region, target.role, target.bucket, pipeline_name=target.pipeline_name,
+                           model_package_group_name=target.model_package_group_name,
+                           base_job_prefix=target.base_job_prefix, bundle=bundle)
+    atomic_write_text(cached, text)
+    return json.loads(text)
+
 def local_definition(target:LocalTarget=LOCAL) -> tuple[dict, dict[str, bytes]]:
     "The pipeline definition for the local target and the code files it expects in the store (URI -> bytes)."
-    from deepfake_mlops.pipeline import code_uris, definition_json
+    from deepfake_mlops.pipeline import code_uris
     from deepfake_mlops.steps import source_bundle
     bundle = source_bundle()
-    d = json.loads(definition_json(target.region, target.role, target.bucket, pipeline_name=target.pipeline_name,
-                                   model_package_group_name=target.model_package_group_name,
-                                   base_job_prefix=target.base_job_prefix, bundle=bundle))
     uris = code_uris(target.bucket, target.base_job_prefix, bundle)
-    return d, {uris[k]: bundle[k] for k in uris}
+    return _built_definition(target, bundle), {uris[k]: bundle[k] for k in uris}
 
 # %% ../nbs/18_local.ipynb #c94f5913
 def demo_data(root:str|Path) -> Path:

@@ -130,8 +130,11 @@ def read_manifest(data_dir:str|Path, # a dataset folder, or a folder of dataset 
     rows = [row for root, found in _dataset_folders(base, layout) for row in _rows(base, root, found)]
     if not rows: raise ValueError(f"{base}: found no videos. {_expected()}")
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values("relpath", ignore_index=True)
-    same = df.relpath[df.video_id.duplicated(keep=False)].tolist()
-    if same: raise ValueError(f"{base}: these videos differ only in their extension and would share an id; rename them: {same[:6]}")
+    same = df[df.video_id.duplicated(keep=False)]
+    if len(same):
+        first = same[same.video_id == same.video_id.iloc[0]].relpath.tolist()
+        raise ValueError(f"{base}: the videos {first} would share the id {same.video_id.iloc[0]!r} (an id is the path without "
+                         "its extension, with / written as __); rename one of them")
     return df
 
 # %% ../nbs/01_manifest.ipynb #6b1ac920
@@ -223,28 +226,38 @@ def _read_celebdf(root:Path, files:list[str]) -> list[dict]:
     _warn_skipped(root, "videos that do not follow the Celeb-DF naming", unknown)
     return rows
 
+# %% ../nbs/01_manifest.ipynb #a6fe57d1
+def _labels_lines(labels:Path) -> list[tuple[int, dict]]:
+    "The rows of a labels.csv with their line numbers; its header and its encoding (UTF-8) are checked."
+    try:
+        with open(labels, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            absent = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
+            if absent: raise ValueError(f"{labels}: missing column(s) {', '.join(absent)}; the header must be path,label[,method][,group]")
+            return [(reader.line_num, r) for r in reader]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{labels} is not UTF-8 text (byte {e.object[e.start]:#04x} is not valid UTF-8); save it as UTF-8") from None
+
+
 # %% ../nbs/01_manifest.ipynb #e14ddd40
 @_layout("folder", ["labels.csv"], "labels.csv beside the videos, columns path,label (REAL/FAKE or 0/1) and optional method, group")
 def _read_folder(root:Path, files:list[str]) -> list[dict]:
     labels = root/"labels.csv"
-    present, listed, missing, rows = set(files), set(), [], []
-    with open(labels, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        absent = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
-        if absent: raise ValueError(f"{labels}: missing column(s) {', '.join(absent)}; the header must be path,label[,method][,group]")
-        for r in reader:
-            where = f"{labels}, line {reader.line_num}"
-            label = _parse_label(r["label"], where)
-            relpath = PurePosixPath((r["path"] or "").strip())
-            if relpath.is_absolute() or ".." in relpath.parts:
-                raise ValueError(f"{where}: path {r['path']!r} must be relative to {root} and inside it")
-            relpath = relpath.as_posix()
-            listed.add(relpath)
-            if relpath not in present: missing.append(relpath); continue
-            groups = [g.strip() for g in (r.get("group") or "").split(";") if g.strip()]
-            rows.append(dict(relpath=relpath, label=label,
-                             method=(r.get("method") or "").strip() or ("original" if label == REAL else "unknown"),
-                             identities=[f"folder:{g}" for g in groups], split=""))
+    present, listed, missing, rows = set(files), {}, [], []
+    for line, r in _labels_lines(labels):
+        where = f"{labels}, line {line}"
+        label = _parse_label(r["label"], where)
+        relpath = PurePosixPath((r["path"] or "").strip())
+        if relpath.is_absolute() or ".." in relpath.parts:
+            raise ValueError(f"{where}: path {r['path']!r} must be relative to {root} and inside it")
+        relpath = relpath.as_posix()
+        if relpath in listed: raise ValueError(f"{where}: {relpath} is listed again (first on line {listed[relpath]}); list each video once")
+        listed[relpath] = line
+        if relpath not in present: missing.append(relpath); continue
+        groups = [g.strip() for g in (r.get("group") or "").split(";") if g.strip()]
+        rows.append(dict(relpath=relpath, label=label,
+                         method=(r.get("method") or "").strip() or ("original" if label == REAL else "unknown"),
+                         identities=[f"folder:{g}" for g in groups], split=""))
     _warn_skipped(root, "videos listed in labels.csv that are not present", missing)
     _warn_skipped(root, "videos that labels.csv does not list", [f for f in files if _is_video(f) and f not in listed])
     return rows

@@ -19,9 +19,9 @@ from .core import DEFAULTS, atomic_path, atomic_write_text
 from .weights import WEIGHTS, WeightsFile, install, locate, verify_sha256
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'BACKBONES', 'MODEL_FORMAT', 'normalize', 'crops_to_tensor', 'Backbone',
-           'backbone_weights_path', 'install_backbone_weights', 'imagenet_model', 'DeepfakeNet', 'build_model',
-           'save_model', 'load_model', 'throughput']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'BACKBONES', 'MODEL_FORMAT', 'CONFIG_RANGES', 'normalize', 'crops_to_tensor',
+           'Backbone', 'backbone_weights_path', 'install_backbone_weights', 'imagenet_model', 'DeepfakeNet',
+           'build_model', 'save_model', 'check_config', 'load_model', 'throughput']
 
 # %% ../nbs/07_model.ipynb #ffbac530
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per RGB channel, of images scaled to [0, 1]
@@ -175,6 +175,8 @@ def save_model(model:DeepfakeNet, # a model from `build_model` (or `load_model`)
     return dir
 
 # %% ../nbs/07_model.ipynb #2fc15f54
+from .core import DEFAULTS, Range, check_setting
+
 def _mismatch(expected:dict, found:dict) -> str:
     missing, unexpected = expected.keys() - found.keys(), found.keys() - expected.keys()
     shapes = [k for k in expected.keys() & found.keys() if tuple(expected[k].shape) != tuple(found[k].shape)]
@@ -182,6 +184,28 @@ def _mismatch(expected:dict, found:dict) -> str:
     example = sorted(missing)[:1] + sorted(unexpected)[:1] + sorted(shapes)[:1]
     return (f"{len(missing)} tensors missing, {len(unexpected)} unexpected, {len(shapes)} of another shape "
             f"(e.g. {', '.join(example)})")
+
+# what a reader of config.json relies on; the extraction settings allow what extraction allows (`core.Defaults.limits`)
+CONFIG_RANGES = dict(dropout=Range(0, 0.99), threshold=Range(0, 1), margin=DEFAULTS.limits["face_margin"],
+                     face_size=DEFAULTS.limits["face_size"], frames_per_video=DEFAULTS.limits["frames_per_video"],
+                     input_size=Range(16, 4096, integer=True))
+
+def check_config(config, path:str|Path) -> dict:
+    "`config` (the parsed config.json at `path`) if a saved model can be rebuilt from it; else ValueError naming the key."
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object (keys format, backbone, ...), not a {type(config).__name__}")
+    if config.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} has format {config.get('format')!r}; this version reads format {MODEL_FORMAT}")
+    if "backbone" not in config: raise ValueError(f"{path} does not say which backbone the model uses")
+    check_setting(f"{path}: backbone", config["backbone"], tuple(BACKBONES))
+    for key, allowed in CONFIG_RANGES.items():
+        if key in config: check_setting(f"{path}: {key}", config[key], allowed)
+    for key in ("mean", "std"):
+        v, channel = config.get(key, [1, 1, 1]), Range(1e-6 if key == "std" else -10, 10)
+        if not (isinstance(v, list) and len(v) == 3 and all(x in channel for x in v)):
+            raise ValueError(f"{path}: {key} is {v!r}; it must be a list of 3 numbers (one per RGB channel)")
+    check_setting(f"{path}: detector", config.get("detector", "auto"), ("auto", "short", "full"))
+    return config
 
 def load_model(dir:str|Path, # a folder written by `save_model`
                device:str|torch.device="cpu",
@@ -192,14 +216,14 @@ def load_model(dir:str|Path, # a folder written by `save_model`
     if missing:
         raise ValueError(f"{dir} is not a saved model: {' and '.join(missing)} missing (save_model writes both)")
     try: config = json.loads((dir/"config.json").read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"{dir/'config.json'} is not valid JSON: {e}") from None
-    if config.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{dir/'config.json'} has format {config.get('format')!r}; this version reads format {MODEL_FORMAT}")
-    if "backbone" not in config: raise ValueError(f"{dir/'config.json'} does not say which backbone the model uses")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{dir/'config.json'} is not valid JSON: {e}") from None
+    check_config(config, dir/"config.json")
     model = build_model(config["backbone"], pretrained=False, dropout=config.get("dropout", 0.2))
+    # torch's own message advises loading with weights_only=False, which would run any code the file holds
     try: state = torch.load(dir/"model.pt", map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{dir/'model.pt'} is not a state dict saved by save_model: {e}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        raise ValueError(f"{dir/'model.pt'} is not a state dict saved by save_model: it is damaged, or holds Python "
+                         "objects besides tensors (refused: loading those could run code)") from None
     problem = _mismatch(model.state_dict(), state) if isinstance(state, dict) else "it is not a state dict"
     if problem:
         raise ValueError(f"model in {dir} was saved with backbone {config['backbone']!r} (config.json) but its weights "

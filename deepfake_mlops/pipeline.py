@@ -13,15 +13,15 @@ from pathlib import Path
 
 from .core import CONTENT_TYPES, DEFAULTS, JSON_TYPE
 # the readers of a definition live below this module (no SDK, no torch); callers also find them here
-from .definition import all_steps, parse_overrides, references, unresolved
+from .definition import all_steps, check_parameter, parse_overrides, references, unresolved
 from .core import TrainConfig
 
 # the SDK prints a deprecation banner for v2 on import; it is pinned on purpose (see below)
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 # %% auto #0
-__all__ = ['PIPELINE_DEFAULTS', 'STEP_NAMES', 'PROPERTY_FILE', 'AUC_PATH', 'PipelineSettings', 'sdk_calls', 'output_uri',
-           'code_uris', 'get_pipeline', 'pipeline_definition', 'definition_json']
+__all__ = ['PIPELINE_DEFAULTS', 'STEP_NAMES', 'PROPERTY_FILE', 'AUC_PATH', 'THRESHOLD_PATH', 'PipelineSettings', 'sdk_calls',
+           'output_uri', 'code_uris', 'get_pipeline', 'pipeline_definition', 'definition_json']
 
 # %% ../nbs/14_pipeline.ipynb #99101243
 @dataclass(frozen=True)
@@ -50,9 +50,11 @@ class PipelineSettings:
 
 PIPELINE_DEFAULTS = PipelineSettings()
 
-STEP_NAMES = dict(preprocess="Preprocess", train="Train", evaluate="Evaluate", gate="CheckAuc", register="Register", fail="AucTooLow")
+STEP_NAMES = dict(preprocess="Preprocess", train="Train", evaluate="Evaluate", gate="CheckAuc", register="Register", fail="AucTooLow",
+                  threshold_gate="CheckThreshold", threshold_fail="NoUsableThreshold")
 PROPERTY_FILE = "EvaluationReport"
 AUC_PATH = "binary_classification_metrics.auc.value"
+THRESHOLD_PATH = "threshold_check.usable"  # evaluate.threshold_check: false when the model's threshold does no better than chance
 
 # %% ../nbs/14_pipeline.ipynb #1784c2e4
 _TRACEBACK_PRINTERS = ("_showtraceback", "showtraceback", "showsyntaxerror")
@@ -143,7 +145,7 @@ def _parameters(s:PipelineSettings, default_bucket:str, base_job_prefix:str) -> 
     "The pipeline parameters by short name, each defaulting to its setting."
     from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
     approvals = ["PendingManualApproval", "Approved", "Rejected"]
-    return dict(
+    params = dict(
         input_data=ParameterString("InputData", default_value=f"s3://{default_bucket}/{base_job_prefix}/data"),
         frames=ParameterInteger("FramesPerVideo", default_value=s.frames_per_video),
         face_size=ParameterInteger("FaceSize", default_value=s.face_size),
@@ -158,6 +160,8 @@ def _parameters(s:PipelineSettings, default_bucket:str, base_job_prefix:str) -> 
         min_auc=ParameterFloat("MinAuc", default_value=s.min_auc),
         approval=ParameterString("ModelApprovalStatus", default_value=s.approval_status, enum_values=approvals),
     )
+    for p in params.values(): check_parameter(p.name, p.default_value, "PipelineSettings: the default for parameter")
+    return params
 
 # %% ../nbs/14_pipeline.ipynb #d4b8e2a6
 def _processor(b:_Build, name:str, count):
@@ -243,8 +247,21 @@ def _register_step(b:_Build, model_package_group_name:str, model_data, step_eval
                           description="deepfake video detector (face crops, video-level probability)")
     return ModelStep(STEP_NAMES["register"], step_args=args)
 
+def _threshold_gate(step_eval, step_register):
+    "Register when the model's threshold is usable (`evaluate.threshold_check`); otherwise fail saying why."
+    from sagemaker.workflow.condition_step import ConditionStep
+    from sagemaker.workflow.conditions import ConditionEquals
+    from sagemaker.workflow.fail_step import FailStep
+    from sagemaker.workflow.functions import Join, JsonGet
+    report = dict(step_name=step_eval.name, property_file=step_eval.property_files[0])
+    why = JsonGet(json_path="threshold_check.reason", **report)
+    reason = Join(on=" ", values=["the model's threshold is not usable:", why, "; so no model was registered, whatever MinAuc says"])
+    usable = ConditionEquals(left=JsonGet(json_path=THRESHOLD_PATH, **report), right=True)
+    return ConditionStep(STEP_NAMES["threshold_gate"], conditions=[usable], if_steps=[step_register],
+                         else_steps=[FailStep(STEP_NAMES["threshold_fail"], error_message=reason)])
+
 def _gate_step(b:_Build, step_eval, step_register):
-    "Register when the test AUC reaches MinAuc; otherwise fail with a message that says why."
+    "Go on to the threshold gate when the test AUC reaches MinAuc; otherwise fail with a message that says why."
     from sagemaker.workflow.condition_step import ConditionStep
     from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
     from sagemaker.workflow.fail_step import FailStep
@@ -254,7 +271,8 @@ def _gate_step(b:_Build, step_eval, step_register):
     reason = Join(on=" ", values=["test AUC", auc, "is below MinAuc", min_auc, "so no model was registered"])
     step_fail = FailStep(STEP_NAMES["fail"], error_message=reason)
     enough = ConditionGreaterThanOrEqualTo(left=auc, right=min_auc)
-    return ConditionStep(STEP_NAMES["gate"], conditions=[enough], if_steps=[step_register], else_steps=[step_fail])
+    return ConditionStep(STEP_NAMES["gate"], conditions=[enough], if_steps=[_threshold_gate(step_eval, step_register)],
+                         else_steps=[step_fail])
 
 # %% ../nbs/14_pipeline.ipynb #cb2d2fff
 def get_pipeline(region:str, # AWS region of the pipeline and its jobs

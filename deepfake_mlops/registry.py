@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/registry.html.md"""
 
 # %% ../nbs/16_registry.ipynb #0f443552
 from __future__ import annotations
-import json, sqlite3
+import getpass, json, sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,20 +27,35 @@ CREATE TABLE IF NOT EXISTS model_packages (
     model_data TEXT NOT NULL, metrics TEXT NOT NULL, lineage TEXT NOT NULL,
     description TEXT NOT NULL DEFAULT '', status_note TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (group_name, version));
+CREATE TABLE IF NOT EXISTS status_changes (
+    group_name TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, note TEXT NOT NULL DEFAULT '',
+    changed_by TEXT NOT NULL, changed TEXT NOT NULL);
 """
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
+def _user() -> str:
+    "Who makes a change: the login name (SageMaker records the IAM identity)."
+    try: return getpass.getuser()
+    except (KeyError, OSError): return "unknown"  # no login name in some containers
+
+def _check_status(status:str):
+    if status not in STATUSES: raise ValueError(f"approval status {status!r} is not one of {', '.join(STATUSES)}")
+
+
+# %% ../nbs/16_registry.ipynb #3069561a
 class Registry:
-    "Model package groups and versions in a SQLite file (created on first use)."
-    def __init__(self, path:str|Path):
+    "Model package groups and versions in a SQLite file (made on first use unless `create=False`), with status histories."
+    def __init__(self, path:str|Path, create:bool=True):
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(f"no model registry at {self.path}: check --root (a `deepfake-mlops run` makes one)")
         create_schema(self.path, _SCHEMA)
 
     def register(self, group:str, model_data:str, metrics:dict, lineage:dict,
-                 status:str="PendingManualApproval", description:str="") -> dict:
+                 status:str="PendingManualApproval", description:str="", by:str|None=None) -> dict:
         "Add a version to `group` (created if new); returns the new version's record."
-        if status not in STATUSES: raise ValueError(f"approval status {status!r} is not one of {', '.join(STATUSES)}")
+        _check_status(status)
         with write_transaction(self.path) as db:
             now = _now()
             db.execute("INSERT OR IGNORE INTO model_package_groups (name, created) VALUES (?, ?)", (group, now))
@@ -48,22 +63,18 @@ class Registry:
             db.execute("INSERT INTO model_packages (group_name, version, status, created, updated, model_data, metrics, lineage, description) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (group, version, status, now, now, model_data, json.dumps(metrics), json.dumps(lineage), description))
+            _record_change(db, group, version, status, "registered", by, now)
         return self.get(group, version)
 
-    def _record(self, row) -> dict:
-        r = dict(row)
-        r["metrics"], r["lineage"] = json.loads(r["metrics"]), json.loads(r["lineage"])
-        r["ref"] = f"{r['group_name']}:{r['version']}"
-        return r
-
     def get(self, group:str, version:int) -> dict:
-        "One version; KeyError naming what exists when it does not."
+        "One version with its status history; KeyError naming what exists when it does not."
         with connect(self.path) as db:
             row = db.execute("SELECT * FROM model_packages WHERE group_name = ? AND version = ?", (group, int(version))).fetchone()
-        if row is None:
+            found = _record(row, _histories(db)) if row is not None else None
+        if found is None:
             known = [f"{r['group_name']}:{r['version']}" for r in self.list(group)]
             raise KeyError(f"no model package {group}:{version} in {self.path}" + (f"; versions: {', '.join(known)}" if known else ""))
-        return self._record(row)
+        return found
 
     def list(self, group:str|None=None, status:str|None=None) -> list[dict]:
         "Versions, newest first, optionally of one group and one status."
@@ -71,15 +82,18 @@ class Registry:
         if group: sql += " AND group_name = ?"; args.append(group)
         if status: sql += " AND status = ?"; args.append(status)
         with connect(self.path) as db:
-            return [self._record(r) for r in db.execute(sql + " ORDER BY group_name, version DESC", args)]
+            histories = _histories(db)
+            return [_record(r, histories) for r in db.execute(sql + " ORDER BY group_name, version DESC", args).fetchall()]
 
-    def set_status(self, group:str, version:int, status:str, note:str="") -> dict:
-        "Approve or reject a version (or put it back to pending)."
-        if status not in STATUSES: raise ValueError(f"approval status {status!r} is not one of {', '.join(STATUSES)}")
+    def set_status(self, group:str, version:int, status:str, note:str="", by:str|None=None) -> dict:
+        "Approve or reject a version (or put it back to pending); the change joins its history."
+        _check_status(status)
         self.get(group, version)
         with write_transaction(self.path) as db:
+            now = _now()
             db.execute("UPDATE model_packages SET status = ?, status_note = ?, updated = ? WHERE group_name = ? AND version = ?",
-                       (status, note, _now(), group, int(version)))
+                       (status, note, now, group, int(version)))
+            _record_change(db, group, version, status, note, by, now)
         return self.get(group, version)
 
     def resolve(self, ref:str) -> dict:
@@ -93,3 +107,24 @@ class Registry:
         if not found:
             raise KeyError(f"{ref}: no {'approved ' if which == 'latest-approved' else ''}version of model package group {group!r} in {self.path}")
         return found[0]
+
+
+# %% ../nbs/16_registry.ipynb #2198e48d
+def _record_change(db, group:str, version:int, status:str, note:str, by:str|None, when:str):
+    db.execute("INSERT INTO status_changes (group_name, version, status, note, changed_by, changed) VALUES (?, ?, ?, ?, ?, ?)",
+               (group, int(version), status, note, by or _user(), when))
+
+def _histories(db) -> dict:
+    "Every version's status changes, oldest first, by (group, version)."
+    out = {}
+    for r in db.execute("SELECT * FROM status_changes ORDER BY rowid").fetchall():
+        out.setdefault((r["group_name"], r["version"]), []).append(dict(status=r["status"], note=r["note"], by=r["changed_by"], at=r["changed"]))
+    return out
+
+def _record(row, histories:dict) -> dict:
+    r = dict(row)
+    r["metrics"], r["lineage"] = json.loads(r["metrics"]), json.loads(r["lineage"])
+    r["ref"] = f"{r['group_name']}:{r['version']}"
+    r["history"] = histories.get((r["group_name"], r["version"]), [])
+    return r
+

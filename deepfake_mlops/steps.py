@@ -10,7 +10,7 @@ import argparse, gzip, importlib.metadata, importlib.resources, io, json, os, sy
 from pathlib import Path
 
 import deepfake_mlops
-from .core import DEFAULTS, atomic_write_text
+from .core import DEFAULTS, atomic_write_text, check_setting
 from .launchers.launch import requirement_name
 # pandas and the face modules (torch) are imported where used: building a pipeline definition needs this
 # module's source bundle, and no torch
@@ -93,6 +93,9 @@ def preprocess(data_dir:str|Path, videos_dir:str|Path, out_root:str|Path,
                margin:float=DEFAULTS.face_margin, workers:int|None=None) -> dict:
     "Extract the faces of this instance's videos into `out_root/<host>`; returns the extraction summary."
     from deepfake_mlops.blazeface import install_weights
+    # before any video is read: 0 frames would be reported as "no face found" in every video
+    for option, value, key in (("--frames", frames, "frames_per_video"), ("--face-size", face_size, "face_size"), ("--margin", margin, "face_margin")):
+        check_setting(option, value, DEFAULTS.limits[key])
     from deepfake_mlops.faces import extract_faces
     host, hosts = current_host()
     manifest = shard_manifest(data_dir, videos_dir)
@@ -167,10 +170,15 @@ def _stamp_version(model_dir:str|Path):
 
 def train_main(argv:list[str]|None=None) -> int:
     "Training container entry point: merge the `train` channel's shards, train, add the serving code."
+    from deepfake_mlops.core import TrainConfig, from_options
     from deepfake_mlops.train import main as train_cli, parse_args, _dist_env
     args = parse_args(argv)
     if not args.train:
         raise SystemExit("no training data: pass --train or set SM_CHANNEL_TRAIN")
+    try: from_options(TrainConfig, args)  # the hyperparameters, checked before the channel is merged
+    except ValueError as e:
+        print(f"training failed: {e}", file=sys.stderr)
+        return 2
     merged = _merged_train_channel(args, local_rank=_dist_env()[2])
     argv = list(argv if argv is not None else sys.argv[1:])
     checkpoints = args.checkpoint_dir or str(ml_root()/"checkpoints")

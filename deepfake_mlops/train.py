@@ -134,15 +134,32 @@ class _State:
 
 def _unwrap(model): return model.module if hasattr(model, "module") else model
 
-def _save_checkpoint(path, s, epoch):
+# settings a resumed run may change: where it runs, and how long it goes on (more epochs extend a finished run)
+_MAY_CHANGE = ("workers", "device", "epochs", "patience")
+
+def _save_checkpoint(path, s, epoch, cfg):
     state = dict(model=_unwrap(s.model).state_dict(), optimizer=s.opt.state_dict(), scheduler=s.sched.state_dict(),
-                 epoch=epoch, best=s.best, history=json.dumps(s.history), rng=torch.get_rng_state())
+                 epoch=epoch, best=s.best, history=json.dumps(s.history), rng=torch.get_rng_state(),
+                 config=json.dumps(asdict(cfg)))
     with atomic_path(path) as tmp: torch.save(state, tmp)
+
+def _check_resumable(path, saved:str|None, cfg:TrainConfig):
+    "Refuse a checkpoint written with other training settings (JSON `saved`): resuming it would mix two runs."
+    now = asdict(cfg)
+    old = json.loads(saved) if saved else None
+    if old is None:
+        raise ValueError(f"checkpoint {path} does not say which settings wrote it: delete it to train from scratch")
+    differ = sorted(k for k in now.keys() | old.keys() if k not in _MAY_CHANGE and old.get(k) != now.get(k))
+    if differ:
+        changes = ", ".join(f"{k} {old.get(k)!r}, now {now.get(k)!r}" for k in differ)
+        raise ValueError(f"checkpoint {path} was written with other settings ({changes}): "
+                         "train with the same settings, use another checkpoint folder, or delete it")
 
 def _resume(run, s) -> int:
     "Load the checkpoint into `s` when there is one; returns the first epoch to run."
     if not run.last.exists(): return 0
     state = torch.load(run.last, map_location="cpu", weights_only=True)
+    _check_resumable(run.last, state.get("config"), run.cfg)
     s.model.load_state_dict(state["model"])
     s.opt.load_state_dict(state["optimizer"])
     s.sched.load_state_dict(state["scheduler"])
@@ -235,7 +252,7 @@ def _end_epoch(run, s, val_rows, epoch, losses, seen:list[int], train_s) -> dict
         s.best = dict(epoch=epoch + 1, auc=val["auc"], log_loss=val["log_loss"])
         _save_best(s.model, run.out_dir, run.cfg, val_videos, run.extraction)
     t2 = time.perf_counter()
-    _save_checkpoint(run.last, s, epoch)
+    _save_checkpoint(run.last, s, epoch, run.cfg)
     record["checkpoint_s"] = round(time.perf_counter() - t2, 2)
     atomic_write_text(run.out_dir/"metrics.csv", pd.DataFrame(s.history).to_csv(index=False))
     if run.progress: print(_epoch_line(record), flush=True)
@@ -339,8 +356,8 @@ def main(argv=None) -> int:
     "The SageMaker / torchrun training entry point."
     a = parse_args(argv)
     if not a.train: raise SystemExit("no training data: pass --train or set SM_CHANNEL_TRAIN")
-    cfg = from_options(TrainConfig, a)
-    try: train(a.train, a.model_dir, cfg, split=a.split, checkpoint_dir=a.checkpoint_dir, validation_dir=a.validation)
+    try: train(a.train, a.model_dir, from_options(TrainConfig, a), split=a.split, checkpoint_dir=a.checkpoint_dir,
+               validation_dir=a.validation)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"training failed: {e}", file=sys.stderr)
         return 2

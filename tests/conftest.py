@@ -63,13 +63,14 @@ def free_port():
 
 @pytest.fixture(scope="session")
 def start_server(free_port):
-    "A function that runs `deepfake-mlops serve MODEL` on a free port (`env`: variables to add) and returns its URL once /ping answers."
+    "A function that runs `deepfake-mlops serve MODEL [ARGS]` on a free port (`env`: variables to add) and returns its URL once /ping answers; `start.procs[url]` is its process."
     procs = []
-    def start(model, env:dict|None=None, timeout:float=120) -> str:
+    def start(model, env:dict|None=None, timeout:float=120, args=()) -> str:
         port = free_port()
-        proc = subprocess.Popen(cli_command("serve", model, "--port", port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env={**os.environ, **env} if env else None)
+        proc = subprocess.Popen(cli_command("serve", model, "--port", port, *args), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env={**os.environ, **env} if env else None)
         procs.append(proc)
+        start.procs[f"http://127.0.0.1:{port}"] = proc
         url, deadline = f"http://127.0.0.1:{port}", time.time() + timeout
         while True:
             try:
@@ -79,6 +80,7 @@ def start_server(free_port):
             if proc.poll() is not None: pytest.fail(f"deepfake-mlops serve {model} exited {proc.returncode}:\n{proc.stdout.read()}")
             if time.time() > deadline: pytest.fail(f"deepfake-mlops serve {model} did not answer /ping within {timeout} s")
             time.sleep(0.3)
+    start.procs = {}
     yield start
     for proc in procs:
         proc.terminate()

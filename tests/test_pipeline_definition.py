@@ -6,7 +6,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from deepfake_mlops.pipeline import AUC_PATH, PROPERTY_FILE, all_steps, get_pipeline, references, unresolved
+from deepfake_mlops.pipeline import AUC_PATH, PROPERTY_FILE, THRESHOLD_PATH, all_steps, get_pipeline, references, unresolved
 
 from aws import offline_env
 from helpers import describe, run_cli
@@ -14,7 +14,7 @@ from helpers import describe, run_cli
 ROLE = "arn:aws:iam::444455556666:role/PipelineRole"
 SCHEMA = Path(__file__).resolve().parents[1].parent/"shared"/"schemas"/"pipeline-definition.schema.json"
 STEPS = {"Preprocess": "Processing", "Train": "Training", "Evaluate": "Processing", "CheckAuc": "Condition",
-         "Register-RegisterModel": "RegisterModel", "AucTooLow": "Fail"}
+         "CheckThreshold": "Condition", "Register-RegisterModel": "RegisterModel", "AucTooLow": "Fail", "NoUsableThreshold": "Fail"}
 PARAMETERS = {"InputData": "String", "FramesPerVideo": "Integer", "FaceSize": "Integer", "ProcessingInstanceType": "String",
               "ProcessingInstanceCount": "Integer", "TrainingInstanceType": "String", "TrainingInstanceCount": "Integer",
               "Epochs": "Integer", "BatchSize": "Integer", "LearningRate": "Float", "Backbone": "String", "MinAuc": "Float",
@@ -68,6 +68,12 @@ def test_every_reference_resolves_and_the_property_file_matches_the_jsonget(buil
     assert files[0]["OutputName"] in outputs
     left = steps["CheckAuc"]["Arguments"]["Conditions"][0]["LeftValue"]["Std:JsonGet"]
     assert left == {"PropertyFile": {"Get": f"Steps.Evaluate.PropertyFiles.{PROPERTY_FILE}"}, "Path": AUC_PATH}
+    # registering needs both gates: the AUC, then a usable threshold (whatever MinAuc says)
+    assert [s["Name"] for s in steps["CheckAuc"]["Arguments"]["IfSteps"]] == ["CheckThreshold"]
+    usable = steps["CheckThreshold"]["Arguments"]["Conditions"][0]
+    assert usable["LeftValue"]["Std:JsonGet"] == {"PropertyFile": {"Get": f"Steps.Evaluate.PropertyFiles.{PROPERTY_FILE}"}, "Path": THRESHOLD_PATH}
+    assert usable["Type"] == "Equals" and usable["RightValue"] is True
+    assert [s["Name"] for s in steps["CheckThreshold"]["Arguments"]["IfSteps"]] == ["Register-RegisterModel"]
     # the register step takes its metrics from the evaluate step's output and its model from the training step
     register = steps["Register-RegisterModel"]["Arguments"]
     assert register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
@@ -117,6 +123,8 @@ KNOWN_FALSE_POSITIVES = [
      r"InferenceSpecification/Containers/\d+$", r"'Environment', 'Framework', 'FrameworkVersion'"),
     ("RegisterModel arguments carry ModelApprovalStatus and SkipModelValidation", "additionalProperties",
      r"IfSteps/\d+/Arguments$", r"\('ModelApprovalStatus', 'SkipModelValidation' were unexpected\)"),
+    ("a condition's branch may hold a condition step (the SDK compiles nested ones: _StepsCompiler._flatten_condition_step)",
+     "enum", r"IfSteps/\d+/Type$", r"^'Condition' is not one of \['Fail'\]$"),
 ]
 
 

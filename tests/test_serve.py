@@ -36,7 +36,9 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(demo_server, tmp_path
     blank = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
     cases = [(b"", "video/mp4", 422), (b"not a video", "video/mp4", 422), (b"not an image", "image/jpeg", 422),
              (blank, "image/png", 422), (b"a,b", "text/csv", 415), (b"{", "application/json", 400),
-             (json.dumps({"path": str(tmp_path/"missing.mp4")}).encode(), "application/json", 404)]
+             # local files are off by default: the same 403 whether or not the file exists
+             (json.dumps({"path": str(tmp_path/"missing.mp4")}).encode(), "application/json", 403),
+             (json.dumps({"path": __file__}).encode(), "application/json", 403)]
     for body, kind, status in cases:
         got, answer = _call(url + "/invocations", body, kind)
         assert got == status and "error" in answer, (kind, body[:20], got, answer)

@@ -100,6 +100,13 @@ def test_killed_training_resumes_from_its_checkpoint(demo_faces, tmp_path):
     val = read_crops(demo_faces, read_split(out/"split.csv")).query("split == 'val'").reset_index(drop=True)
     videos = video_scores(val.assign(prob=score_crops(model, val)))
     assert model.config["threshold"] == pytest.approx(choose_threshold(videos["target"], videos["prob"]), abs=1e-4)
+    # and the interrupted run ends where an uninterrupted one with the same seed does: same epochs, same weights
+    whole = subprocess.run(_train_argv(demo_faces, tmp_path/"whole", "--epochs", 3), capture_output=True, text=True, timeout=900)
+    assert whole.returncode == 0, describe(whole)
+    assert pd.read_csv(tmp_path/"whole"/"metrics.csv")["train_loss"].tolist() == pytest.approx(metrics["train_loss"].tolist(), rel=1e-6)
+    uninterrupted = load_model(tmp_path/"whole").state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.allclose(tensor.float(), uninterrupted[name].float(), atol=1e-6), name
 
 
 def test_bad_training_input_fails_clearly(demo_faces, tmp_path):
@@ -111,10 +118,17 @@ def test_bad_training_input_fails_clearly(demo_faces, tmp_path):
     proc = subprocess.run(_train_argv(demo_faces, tmp_path/"m1", "--epochs", 1, "--split", bad), capture_output=True, text=True)
     assert proc.returncode != 0 and "validation split needs REAL and FAKE" in proc.stderr, describe(proc)
     assert not (tmp_path/"m1"/"model.pt").exists()
-    # a learning rate that blows the loss up
-    proc = subprocess.run(_train_argv(demo_faces, tmp_path/"m2", "--epochs", 1, "--lr", "1e30", "--blend", "none"),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 2 and "training loss became" in proc.stderr, describe(proc)
+    # a learning rate the options refuse (at most 1) ...
+    proc = subprocess.run(_train_argv(demo_faces, tmp_path/"m2", "--epochs", 1, "--lr", "1e30"), capture_output=True, text=True)
+    assert proc.returncode == 2 and "lr (--lr) is 1e+30; it must be a number above 0 and at most 1" in proc.stderr, describe(proc)
+    # ... and a loss that blows up all the same (no learning rate the options allow does it within a few steps on
+    # these crops, so the config is changed after its check): training stops at the first non-finite loss, saving nothing
+    from deepfake_mlops.core import TrainConfig
+    from deepfake_mlops.train import train
+    cfg = TrainConfig(epochs=1, batch_size=8, crops_per_video=4, workers=0, blend="none")
+    cfg.lr = 1e30
+    with pytest.raises(FloatingPointError, match="training loss became .* lower the learning rate"):
+        train(demo_faces, tmp_path/"m2", cfg, progress=False)
     assert not (tmp_path/"m2"/"model.pt").exists()
 
 
