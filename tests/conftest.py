@@ -7,7 +7,7 @@ import pytest
 
 from deepfake_mlops.core import shared_datasets
 
-from helpers import cli_command, describe, run_cli
+from helpers import FFPP_RUN, cli_command, describe, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +25,24 @@ def ffpp(datasets) -> Path:
     path = datasets/"ffpp"
     if not path.is_dir(): pytest.skip(f"{path} not present: the FaceForensics++ sample is missing from the datasets folder")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ffpp_run_started(request, tmp_path_factory):
+    "The FF++ engine run, started in the background as the session starts when a selected test needs it: (root, process, output file) or None."
+    # its minute of work (mostly one process) overlaps the tests collected before tests/test_local_engine.py
+    path = shared_datasets()
+    wanted = any("ffpp_run" in item.fixturenames for item in request.session.items)
+    if not wanted or path is None or not (path/"ffpp").is_dir():
+        yield None
+        return
+    root = tmp_path_factory.mktemp("ffpp-engine")
+    out = root.parent/f"{root.name}.out"
+    with open(out, "w") as f:
+        proc = subprocess.Popen(cli_command("run", "--root", root, "--data", path/"ffpp", *FFPP_RUN), stdout=f,
+                                stderr=subprocess.STDOUT, text=True)
+    yield root, proc, out
+    if proc.poll() is None: proc.kill(); proc.wait()
 
 
 @pytest.fixture(scope="session")

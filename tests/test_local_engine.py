@@ -11,7 +11,7 @@ from deepfake_mlops.local import local_definition, run_local
 from deepfake_mlops.registry import Registry
 from deepfake_mlops.steps import merge_shards
 
-from helpers import describe, run_cli
+from helpers import FFPP_RUN, describe, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 # engine mechanics, not model quality: a short run whose gate always opens
@@ -100,22 +100,17 @@ def test_a_failing_step_is_named_with_its_log_and_registers_nothing(demo_clips, 
     assert again.returncode == 0 and again.stdout.count(": cached") == 3, describe(again)
 
 
-# the FF++ runs test the engine on real videos, not the recipe: 8 frames a video and one epoch (the defaults, 32
-# frames and up to 8 early-stopped epochs, take 5 minutes on 2 cores; BENCHMARKS.md has their figures), and an open
-# gate: on the sample's 14 test videos the AUC's 95% interval spans about 0.1 to 1.0, so whether a model clears
-# MinAuc 0.6 is chance, not a property of the engine; both branches of the gate are tested, open here, closed below
-FFPP = ["--param", "FramesPerVideo=8", "--param", "Epochs=1", "--param", "MinAuc=0"]
+FFPP = FFPP_RUN  # the FF++ settings (tests/helpers.py says why)
 
 
 @pytest.fixture(scope="module")
-def ffpp_run(ffpp, tmp_path_factory):
-    "`deepfake-mlops run --data ffpp` with the FF++ settings above."
-    root = tmp_path_factory.mktemp("ffpp-engine")
-    t0 = time.perf_counter()
-    proc = run_cli("run", "--root", root, "--data", ffpp, *FFPP, timeout=1500)
-    assert proc.returncode == 0, describe(proc)
-    print(f"ffpp local run: {time.perf_counter() - t0:.0f} s")
-    return root, proc
+def ffpp_run(ffpp, ffpp_run_started):
+    "`deepfake-mlops run --data ffpp` with the FF++ settings, started in the background by tests/conftest.py."
+    root, proc, out = ffpp_run_started
+    proc.wait(timeout=1500)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), "")
+    assert done.returncode == 0, describe(done)
+    return root, done
 
 
 def test_ffpp_run_registers_a_pending_version_with_metrics_and_lineage(ffpp_run):
