@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #6e88e718
 from __future__ import annotations
-import argparse, contextlib, hashlib, inspect, numbers, os, re, sqlite3, tempfile, typing
+import argparse, contextlib, hashlib, inspect, numbers, os, re, sqlite3, tempfile, time, typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -254,14 +254,26 @@ def write_transaction(path:str|Path):
         raise
     finally: db.close()
 
+def _use_wal(path:str|Path, wait_s:float=60):
+    "Put the file in WAL mode (persistent: once per file), waiting while other processes hold it."
+    # the switch needs the file to itself, and SQLite answers "database is locked" at once instead of waiting as it
+    # does for other locks: processes opening a new database together must retry
+    deadline = time.monotonic() + wait_s
+    while True:
+        db = connect(path)
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal": db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline: raise
+        finally: db.close()
+        time.sleep(0.05)
+
 def create_schema(path:str|Path, schema:str):
     "Create the tables (idempotent) under the write lock, so processes opening a new database at once do not collide; WAL mode."
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with write_transaction(path) as db:
         for statement in schema.split(";"):
             if statement.strip(): db.execute(statement)
-    db = connect(path)
-    try:
-        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal": db.execute("PRAGMA journal_mode=WAL")  # persistent: once per file
-    finally: db.close()
+    _use_wal(path)
 
