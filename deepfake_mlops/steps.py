@@ -193,10 +193,11 @@ def evaluate(model_tar:str|Path, faces_root:str|Path, out_dir:str|Path, subset:s
     "Evaluate a model.tar.gz on the preprocess output; writes evaluation.json and plots to `out_dir`."
     from deepfake_mlops.evaluate import evaluate_model, summary_line
     from deepfake_mlops.inference import safe_extract
-    work = Path(tempfile.mkdtemp(prefix="deepfake-mlops-eval-"))
-    model_dir = safe_extract(model_tar, work/"model")
-    faces = merge_shards(faces_root, work/"faces")
-    report = evaluate_model(model_dir, faces, out_dir, subset=subset)
+    with tempfile.TemporaryDirectory(prefix="deepfake-mlops-eval-") as tmp:  # the unpacked model and merged index only
+        work = Path(tmp)
+        model_dir = safe_extract(model_tar, work/"model")
+        faces = merge_shards(faces_root, work/"faces")
+        report = evaluate_model(model_dir, faces, out_dir, subset=subset)
     print(summary_line(report), flush=True)
     return report
 
