@@ -29,9 +29,9 @@ def _count(lo:int, hi:int):
 
 # %% ../nbs/20_cli.ipynb #aee4cb84
 def _weights_parser(sub):
-    p = sub.add_parser("weights", help="fetch the face-detector and backbone weights (checksum-verified) into the cache",
+    p = sub.add_parser("weights", help="fetch the face-detector, landmark and backbone weights (checksum-verified) into the cache",
                        description="Download the mediapipe 0.10.21 wheel from PyPI, check the SHA-256 of its two face "
-                                   "detection models and convert them to PyTorch; fetch and verify the ImageNet backbone "
+                                   "detection models and its face landmark model and convert them to PyTorch; fetch and verify the ImageNet backbone "
                                    "weights. Everything lands in the weights cache. Part of `make install`.")
     p.add_argument("--cache", type=Path, help="cache folder (default $DEEPFAKE_MLOPS_CACHE or ~/.cache/deepfake-mlops)")
     p.add_argument("--wheel", type=Path, help="use this local mediapipe wheel instead of downloading it")
@@ -40,9 +40,11 @@ def _weights_parser(sub):
 
 def _weights(args):
     from deepfake_mlops.blazeface import install_weights
+    from deepfake_mlops.landmarks import install_landmark_weights
     from deepfake_mlops.model import install_backbone_weights
     paths = install_weights(root=args.cache, wheel=args.wheel, force=args.force)
     for model, path in paths.items(): print(f"BlazeFace {model}: {path}")
+    print(f"face landmarks: {install_landmark_weights(root=args.cache, wheel=args.wheel, force=args.force)}")
     for name, path in install_backbone_weights(root=args.cache, force=args.force).items(): print(f"backbone {name}: {path}")
     return 0
 

@@ -74,18 +74,20 @@ CONTENT_TYPES = VIDEO_TYPES + IMAGE_TYPES + (JSON_TYPE,)
 
 # %% ../nbs/00_core.ipynb #a12f7565
 # the backbones `model.BACKBONES` builds, named here so that settings are checked without importing torch
-BACKBONE_NAMES = ("mobilenet_v2", "efficientnet_lite0")
+BACKBONE_NAMES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2")
 
 @dataclass
 class TrainConfig:
     "Everything that defines a training run, checked when made; the CLI and the SageMaker entry point make their options from it."
-    backbone: str = "mobilenet_v2"  # a name in `model.BACKBONES`: mobilenet_v2 or efficientnet_lite0
+    backbone: str = "mobilenet_v2"  # a name in `model.BACKBONES`: mobilenet_v2, efficientnet_lite0 or efficientnet_lite2
     epochs: int = 8  # most epochs to run (early stopping may end sooner)
     batch_size: int = 32  # crops per optimisation step (per process)
     lr: float = 3e-4  # AdamW learning rate (cosine decay to 1/20 of it)
     weight_decay: float = 1e-4  # AdamW weight decay
     blend: Literal["sbi", "mix", "none"] = "mix"  # self-blended fakes: "sbi" real crops and their self-blended fakes only, "mix" with the dataset's fakes, "none" no blending
-    blend_prob: float = 0.5  # with blend="sbi": chance that a real crop becomes a self-blended fake
+    blend_prob: float = 0.5  # with blend="sbi" and pairs off: chance that a real crop becomes a self-blended fake
+    pairs: bool = True  # with blend="sbi": every real crop and its self-blend in the same batch, augmented alike (the paper)
+    crop_jitter: float = 0.15  # training crops are a random window of 1 - crop_jitter to all of the stored crop (the paper randomises the face margin); 0: as stored
     augment_p: float = 0.3  # probability of each augmentation
     crops_per_video: int = 16  # training crops drawn per video and epoch (frames of one video are near-duplicates)
     patience: int = 3  # epochs without improvement before stopping
@@ -96,6 +98,7 @@ class TrainConfig:
     limits: ClassVar[dict] = dict(  # fields annotated Literal allow their listed values
         backbone=BACKBONE_NAMES, epochs=Range(1, 1000, integer=True), batch_size=Range(1, 4096, integer=True),
         lr=Range(0, 1, above=True), weight_decay=Range(0, 1), blend_prob=Range(0, 1), augment_p=Range(0, 1),
+        pairs=(True, False), crop_jitter=Range(0, 0.5),
         crops_per_video=Range(1, 10_000, integer=True), patience=Range(1, 1000, integer=True),
         seed=Range(0, 2**32 - 1, integer=True), workers=Range(0, 256, integer=True), pretrained=(True, False))
 

@@ -19,7 +19,8 @@ from .core import DEFAULTS, atomic_write_text
 
 # %% auto #0
 __all__ = ['SPLITS', 'identity_components', 'split_videos', 'check_split', 'write_split', 'read_split', 'crop_keypoints',
-           'read_crops', 'DownUp', 'Noise', 'train_augment', 'FaceCrops', 'balanced_sampler']
+           'crop_landmarks', 'read_crops', 'DownUp', 'RandomMargin', 'Noise', 'train_augment', 'FaceCrops',
+           'balanced_sampler']
 
 # %% ../nbs/06_data.ipynb #1c2bbcf5
 SPLITS = ("train", "val", "test")
@@ -112,10 +113,18 @@ def crop_keypoints(row, face_size:int, margin:float) -> np.ndarray:
     kps = np.array(json.loads(row["keypoints"]), np.float32).reshape(-1, 2)
     return (kps - (left, top)) * (face_size / side)
 
+def crop_landmarks(faces_dir:str|Path, video_id:str) -> dict[int, np.ndarray]:
+    "Frame index -> the 468 face landmarks (float32, crop pixels) of a video's crops; {} when it has none."
+    from deepfake_mlops.faces import LANDMARKS_FILE
+    path = Path(faces_dir)/"crops"/video_id/LANDMARKS_FILE
+    if not path.exists(): return {}
+    with np.load(path, allow_pickle=False) as z:
+        return dict(zip(z["frames"].tolist(), z["points"].astype(np.float32)))
+
 def read_crops(faces_dir:str|Path, # an extraction folder
                split:pd.DataFrame|None=None, # video_id -> split (adds a `split` column)
               ) -> pd.DataFrame:
-    "Main-person crops of an extraction folder with labels (0/1), crop keypoints and optional split."
+    "Main-person crops of an extraction folder with labels (0/1), crop keypoints, landmarks (None where absent) and optional split."
     from deepfake_mlops.faces import read_index
     faces_dir = Path(faces_dir)
     settings = json.loads((faces_dir/"extraction.json").read_text()) if (faces_dir/"extraction.json").exists() else {}
@@ -129,6 +138,8 @@ def read_crops(faces_dir:str|Path, # an extraction folder
     crops["target"] = (crops["label"] == "FAKE").astype(np.float32)
     size, margin = settings.get("face_size", DEFAULTS.face_size), settings.get("margin", DEFAULTS.face_margin)
     crops["kps"] = [crop_keypoints(r, size, margin) for _, r in crops.iterrows()]
+    landmarks = {v: crop_landmarks(faces_dir, v) for v in crops["video_id"].unique()}
+    crops["landmarks"] = [landmarks[v].get(int(f)) for v, f in zip(crops["video_id"], crops["frame_index"])]
     if split is not None:
         crops = crops.drop(columns=["split"], errors="ignore").merge(split[["video_id", "split"]], on="video_id", how="left")
         crops["split"] = crops["split"].fillna("")
@@ -141,8 +152,20 @@ class DownUp(torch.nn.Module):
     def forward(self, x):
         f = float(torch.empty(1).uniform_(*self.scale))
         h, w = x.shape[-2:]
-        small = torch.nn.functional.interpolate(x[None].float(), size=(max(1, int(h * f)), max(1, int(w * f))), mode="bilinear", antialias=True)
-        return torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear").round().clamp(0, 255).to(x.dtype)[0]
+        batch = x.reshape(-1, *x.shape[-3:]).float()  # one image or a pair: the same factor for all
+        small = torch.nn.functional.interpolate(batch, size=(max(1, int(h * f)), max(1, int(w * f))), mode="bilinear", antialias=True)
+        return torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear").round().clamp(0, 255).to(x.dtype).reshape(x.shape)
+
+class RandomMargin(torch.nn.Module):
+    "A random square window of the crop, resized back: the face's margin varies as the paper's crops do."
+    def __init__(self, keep=(0.85, 1.0)): super().__init__(); self.keep = keep
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        side = max(1, int(round(min(h, w) * float(torch.empty(1).uniform_(*self.keep)))))
+        top, left = (int(torch.randint(0, n - side + 1, (1,))) for n in (h, w))
+        window = x[..., top:top + side, left:left + side].reshape(-1, x.shape[-3], side, side).float()
+        out = torch.nn.functional.interpolate(window, size=(h, w), mode="bilinear", antialias=True)
+        return out.round().clamp(0, 255).to(x.dtype).reshape(x.shape)
 
 class Noise(torch.nn.Module):
     "Gaussian sensor noise on a uint8 image, sigma in grey levels."
@@ -151,10 +174,13 @@ class Noise(torch.nn.Module):
         s = float(torch.empty(1).uniform_(*self.sigma))
         return (x.float() + torch.randn(x.shape) * s).round().clamp(0, 255).to(x.dtype)
 
-def train_augment(p:float=0.3) -> torch.nn.Module:
-    "Random flip, JPEG re-compression, blur, down/up-scaling, noise and colour jitter, each with probability `p`."
+def train_augment(p:float=0.3, # probability of each augmentation
+                  margin:tuple|None=None, # share of the crop side kept by `RandomMargin` (None: the crop as stored)
+                 ) -> torch.nn.Module:
+    "Random margin, flip, JPEG re-compression, blur, down/up-scaling, noise and colour jitter; the same draw for a pair."
     from torchvision.transforms import v2
     return v2.Compose([
+        *([RandomMargin(margin)] if margin else []),
         v2.RandomHorizontalFlip(),
         v2.RandomApply([v2.JPEG((30, 95))], p=p),
         v2.RandomApply([v2.GaussianBlur(5, sigma=(0.2, 1.5))], p=p),
@@ -168,25 +194,38 @@ class FaceCrops(Dataset):
     "Face crops as (uint8 CHW image, target, row) items; optional augmentation and self-blended fakes."
     def __init__(self, crops:pd.DataFrame, # rows of `read_crops`
                  augment=None, # a transform on uint8 CHW tensors
-                 blend=None, # callable(image HWC, keypoints, rng) -> image: makes a fake from a real crop
+                 blend=None, # callable(image HWC, points, rng) -> image: makes a fake from a real crop
                  blend_prob:float=0.5, # chance that a real crop is turned into a self-blended fake
+                 pairs:bool=False, # each real crop comes with its self-blend: items are 2 x C x H x W, targets (0, 1)
                 ):
         self.files = crops["crop_file"].tolist()
         self.targets = crops["target"].to_numpy(np.float32)
-        self.kps = list(crops["kps"]) if "kps" in crops else [None] * len(crops)
-        self.augment, self.blend, self.blend_prob = augment, blend, blend_prob
+        self.points = [_blend_points(r) for _, r in crops.iterrows()]
+        if pairs and (blend is None or (self.targets != 0).any()): raise ValueError("pairs need a blend and real crops only")
+        self.augment, self.blend, self.blend_prob, self.pairs = augment, blend, blend_prob, pairs
     def __len__(self): return len(self.files)
-    def __getitem__(self, i):
+    def _image(self, i):
         image = cv2.imread(self.files[i], cv2.IMREAD_COLOR)
         if image is None: raise ValueError(f"{self.files[i]}: not a readable image")
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        target = self.targets[i]
-        if self.blend is not None and target == 0:
-            rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,))))  # follows torch's per-worker seeding
-            if rng.random() < self.blend_prob: image, target = self.blend(image, self.kps[i], rng), np.float32(1)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    def __getitem__(self, i):
+        image, target = self._image(i), self.targets[i]
+        rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,))))  # follows torch's per-worker seeding
+        if self.pairs:
+            # the paper's pairing: the real face and its self-blend, augmented alike, differ only by the blend
+            pair = np.stack([image, self.blend(image, self.points[i], rng)])
+            x = torch.from_numpy(pair).permute(0, 3, 1, 2)
+            return (self.augment(x) if self.augment is not None else x), torch.tensor([0.0, 1.0]), i
+        if self.blend is not None and target == 0 and rng.random() < self.blend_prob:
+            image, target = self.blend(image, self.points[i], rng), np.float32(1)
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         if self.augment is not None: x = self.augment(x)
         return x, torch.tensor(target), i
+
+def _blend_points(row):
+    "What a self-blend's mask follows: the crop's landmarks where extraction kept them, else its keypoints."
+    landmarks = row.get("landmarks")
+    return landmarks if landmarks is not None else row.get("kps")
 
 def balanced_sampler(targets, generator:torch.Generator|None=None, real_share:float=0.5) -> WeightedRandomSampler:
     "Sample REAL and FAKE crops in the given proportion, with replacement, one epoch = len(targets) draws."

@@ -21,9 +21,9 @@ from .data import FaceCrops
 from .model import normalize
 
 # %% auto #0
-__all__ = ['EPS', 'BOOTSTRAP_METRICS', 'video_scores', 'eer', 'choose_threshold', 'binary_metrics', 'threshold_check',
-           'score_crops', 'bootstrap', 'evaluation_report', 'evaluation_json', 'write_evaluation', 'plot_evaluation',
-           'plot_mistakes', 'evaluate_model', 'summary_line']
+__all__ = ['EPS', 'BOOTSTRAP_METRICS', 'video_scores', 'eer', 'fit_calibration', 'calibrate', 'choose_threshold',
+           'binary_metrics', 'threshold_check', 'score_crops', 'bootstrap', 'evaluation_report', 'evaluation_json',
+           'write_evaluation', 'plot_evaluation', 'plot_mistakes', 'evaluate_model', 'summary_line']
 
 # %% ../nbs/09_evaluate.ipynb #a04556ab
 EPS = 1e-15  # DFDC log-loss clipping
@@ -41,6 +41,32 @@ def eer(y, p) -> float:
     fnr = 1 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
     return float((fpr[i] + fnr[i]) / 2)
+
+def fit_calibration(p, # uncalibrated fake probabilities of validation frames
+                    y, # their labels (1 = fake)
+                    videos, # their video ids: every video weighs the same, however many frames it has
+                    shrink:float=0.5, # pull towards no change (scale 1, bias 0); validation sets are small
+                   ) -> dict:
+    "Platt scaling, class-balanced: the scale and bias of the logits that make validation probabilities honest."
+    from scipy.optimize import minimize
+    p, y, videos = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6), np.asarray(y, int), np.asarray(videos)
+    z = np.log(p / (1 - p))
+    frames_per_video = pd.Series(videos).map(pd.Series(videos).value_counts()).to_numpy()
+    # each class weighs one half, each video equally within its class: the verdict should not lean on the
+    # validation set's share of fakes (most benchmark videos are fake, most videos people check are not)
+    videos_per_class = np.array([len(set(videos[y == c])) for c in (0, 1)])
+    w = 0.5 / (frames_per_video * videos_per_class[y])
+    def loss(ab):
+        q = np.clip(1 / (1 + np.exp(-(ab[0] * z + ab[1]))), 1e-12, 1 - 1e-12)
+        return -(w * (y * np.log(q) + (1 - y) * np.log(1 - q))).sum() + shrink * ((ab[0] - 1) ** 2 + ab[1] ** 2) / len(set(videos))
+    if len(set(y)) < 2: return dict(scale=1.0, bias=0.0)
+    scale, bias = minimize(loss, [1.0, 0.0], method="L-BFGS-B", bounds=[(0.05, 20), (-20, 20)]).x
+    return dict(scale=round(float(scale), 4), bias=round(float(bias), 4))
+
+def calibrate(p, calibration:dict) -> np.ndarray:
+    "Probabilities `p` with `calibration` (from `fit_calibration`) applied to their logits."
+    p = np.clip(np.asarray(p, float), 1e-7, 1 - 1e-7)
+    return 1 / (1 + np.exp(-(np.log(p / (1 - p)) * calibration["scale"] + calibration["bias"])))
 
 def choose_threshold(y, p) -> float:
     "The threshold that maximises balanced accuracy (Youden's J) on the given (validation) scores."
@@ -105,7 +131,7 @@ def score_crops(model:torch.nn.Module, # a classifier from `model.build_model` /
             x = normalize(x.to(device, non_blocking=True), model.mean, model.std)
             x = x.contiguous(memory_format=torch.channels_last)  # 4x faster on CPU too
             logits = model(x)
-        out[idx.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
+        out[idx.numpy()] = model.probability(logits).cpu().numpy()
     return out
 
 # %% ../nbs/09_evaluate.ipynb #251d18bf

@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 from .core import DEFAULTS, Range, atomic_path, atomic_write_text, check_setting
 from .video import VideoError, sample_frames
 from .blazeface import FaceDetector
+from .landmarks import FaceLandmarker, landmark_weights_path
 from .manifest import write_manifest
 
 # %% auto #0
-__all__ = ['INDEX_COLUMNS', 'VIDEO_META', 'crop_window', 'crop_square', 'link_tracks', 'main_track', 'encode_crop', 'as_stored',
-           'extract_video', 'pool_context', 'extract_faces', 'read_index', 'contact_sheet']
+__all__ = ['INDEX_COLUMNS', 'VIDEO_META', 'LANDMARKS_FILE', 'crop_window', 'crop_square', 'link_tracks', 'main_track',
+           'encode_crop', 'as_stored', 'extract_video', 'pool_context', 'extract_faces', 'read_index', 'contact_sheet']
 
 # %% ../nbs/05_faces.ipynb #6cc6391f
 def crop_window(box, margin:float=DEFAULTS.face_margin) -> tuple[int, int, int]:
@@ -120,9 +121,22 @@ def _face_rows(meta, frame, dets, ids, main, crop_dir, face_size, margin, jpeg_q
                          x1=round(float(d[2]), 1), y1=round(float(d[3]), 1), keypoints=json.dumps(kps), crop_path=crop_path))
     return rows
 
+LANDMARKS_FILE = "landmarks.npz"  # beside a video's crops: frame index -> 468 x 2 points in crop pixels
+
+def _write_landmarks(crop_dir, sampled, dets, ids, main, landmarker, face_size, margin):
+    "The face landmarks of the main person's crops, in crop pixels (float16), as one file in the crop folder."
+    picked = [(f, d[np.flatnonzero(i == main)[0]]) for f, d, i in zip(sampled, dets, ids) if (i == main).any()]
+    points, _ = landmarker([f.image for f, _ in picked], [det for _, det in picked])
+    for k, (_, det) in enumerate(picked):
+        left, top, side = crop_window(det[:4], margin)
+        points[k] = (points[k] - (left, top)) * (face_size / side)
+    with open(crop_dir/LANDMARKS_FILE, "wb") as f:
+        np.savez(f, frames=np.array([f.index for f, _ in picked], np.int64), points=points.astype(np.float16))
+
 def extract_video(video:dict, # a manifest row (needs video_id, path and the VIDEO_META fields)
                   out_dir:str|Path, # extraction output folder
                   face_detector:FaceDetector, # runs the detector setting (see `blazeface.FaceDetector`)
+                  landmarker:FaceLandmarker|None=None, # 468 face landmarks of every crop, kept in its folder (none when None)
                   frames:int=DEFAULTS.frames_per_video,
                   face_size:int=DEFAULTS.face_size,
                   margin:float=DEFAULTS.face_margin,
@@ -142,6 +156,7 @@ def extract_video(video:dict, # a manifest row (needs video_id, path and the VID
     try:
         rows = [r for f, d, i in zip(sampled, dets, ids)
                 for r in _face_rows(meta, f, d, i, main, tmp, face_size, margin, jpeg_quality)]
+        if landmarker is not None: _write_landmarks(tmp, sampled, dets, ids, main, landmarker, face_size, margin)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally: shutil.rmtree(tmp, ignore_errors=True)
@@ -169,10 +184,11 @@ def _init_worker(detector, device, weights_root, threads, parent_pid=None):
         threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     if threads: torch.set_num_threads(threads); cv2.setNumThreads(threads)
     _worker["face_detector"] = FaceDetector(detector, device=device, weights_root=weights_root)
+    _worker["landmarker"] = FaceLandmarker(device=device, weights=landmark_weights_path(weights_root))
 
 def _run_one(video, out_dir, kw):
     "Extract one video in a worker; returns (video_id, why it failed or '' when its part file was written)."
-    try: extract_video(video, out_dir, _worker["face_detector"], **kw)
+    try: extract_video(video, out_dir, _worker["face_detector"], _worker["landmarker"], **kw)
     except VideoError as e: return video["video_id"], str(e)
     except Exception as e:  # an unexpected error in one video must not sink the batch
         return video["video_id"], f"{video.get('path')}: {type(e).__name__}: {e}"
@@ -232,6 +248,9 @@ def _check_weights(detector, weights_root):
         if not detector_weights_path(m, weights_root).exists():
             raise FileNotFoundError(f"BlazeFace weights not found at {detector_weights_path(m, weights_root)}; "
                                     "run `make install` or `deepfake-mlops weights`")
+    if not landmark_weights_path(weights_root).exists():
+        raise FileNotFoundError(f"face landmark weights not found at {landmark_weights_path(weights_root)}; "
+                                "run `make install` or `deepfake-mlops weights`")
 
 def _remove_leftovers(out_dir):
     "Temporary crop folders and half-written files of a killed run."
@@ -283,7 +302,7 @@ def extract_faces(manifest:pd.DataFrame, # one row per video (see `manifest.read
     "Extract faces of every video in `manifest` into `out_dir`; returns the run summary (also in summary.json)."
     _check_numbers(frames=frames, face_size=face_size, margin=margin, workers=workers)
     out_dir = Path(out_dir); (out_dir/"parts").mkdir(parents=True, exist_ok=True)
-    _check_settings(out_dir, dict(frames=frames, face_size=face_size, margin=margin, detector=detector))
+    _check_settings(out_dir, dict(frames=frames, face_size=face_size, margin=margin, detector=detector, landmarks=True))
     _check_weights(detector, weights_root)
     write_manifest(manifest, out_dir/"manifest.csv")  # identities and splits travel with the crops
     _remove_leftovers(out_dir)

@@ -61,7 +61,7 @@ class DeepfakeDetector:
         x = torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2)
         x = normalize(x, self.model.mean, self.model.std).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return torch.sigmoid(self.model(x).float()).cpu().numpy()
+            return self.model.probability(self.model(x)).cpu().numpy()
 
     def _crop(self, image, box): return as_stored(crop_square(image, box[:4], self.face_size, self.margin))
 

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 
 # %% auto #0
-__all__ = ['face_hull', 'blend_mask', 'self_blend']
+__all__ = ['keypoint_hull', 'landmark_hull', 'face_hull', 'blend_mask', 'self_blend']
 
 # %% ../nbs/08_sbi.ipynb #6eda3c66
-def face_hull(kps:np.ndarray) -> np.ndarray:
+def keypoint_hull(kps:np.ndarray) -> np.ndarray:
     "Polygon around the face from BlazeFace keypoints (right eye, left eye, nose, mouth, right ear, left ear)."
     eyes, mouth = kps[:2].mean(0), kps[3]
     up = eyes - mouth  # from the mouth towards the forehead
@@ -23,14 +23,42 @@ def face_hull(kps:np.ndarray) -> np.ndarray:
     points = np.vstack([kps, chin, brow + half, brow - half, chin + half * 0.7, chin - half * 0.7])
     return cv2.convexHull(points.astype(np.float32)).reshape(-1, 2)
 
-def blend_mask(shape, kps:np.ndarray, rng:np.random.Generator) -> np.ndarray:
-    "Soft face mask in [0, 1] (H x W float32): hull, random dilation/erosion, deformation and blur."
+# face mesh points that say which way is up: the outer eye corners and the upper lip
+_EYES, _MOUTH = (33, 263), 13
+
+def landmark_hull(points:np.ndarray, # 468 x 2 face mesh points
+                  lower:bool=False, # only the face below the eyebrows (the paper varies the hull's extent)
+                 ) -> np.ndarray:
+    "Convex hull of the face mesh, optionally without the forehead."
+    if lower:
+        eyes, mouth = points[list(_EYES)].mean(0), points[_MOUTH]
+        up = (eyes - mouth) / max(np.linalg.norm(eyes - mouth), 1e-6)
+        points = points[(points - eyes) @ up <= 0.35 * np.linalg.norm(eyes - mouth)]
+    return cv2.convexHull(points.astype(np.float32)).reshape(-1, 2)
+
+def face_hull(points:np.ndarray, rng:np.random.Generator|None=None) -> np.ndarray:
+    "The blending region: the landmark hull (468 points; without the forehead at random) or the keypoint hull (6)."
+    if len(points) == 6: return keypoint_hull(points)
+    return landmark_hull(points, lower=rng is not None and rng.random() < 0.25)
+
+def _deform(mask, rng):
+    "A smooth random warp of the mask (the paper's elastic deformation): a coarse displacement grid, upsampled."
+    h, w = mask.shape
+    grid = rng.normal(0, 0.03 * w, (2, 4, 4)).astype(np.float32)
+    dx, dy = (cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC) for g in grid)
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(mask, xs + dx, ys + dy, cv2.INTER_LINEAR, borderValue=0)
+
+def blend_mask(shape, points:np.ndarray, # 468 landmarks or 6 keypoints, crop pixels
+               rng:np.random.Generator) -> np.ndarray:
+    "Soft face mask in [0, 1] (H x W float32): hull, random deformation, dilation/erosion, blur and blend ratio."
     h, w = shape[:2]
     mask = np.zeros((h, w), np.float32)
-    hull = face_hull(kps)
+    hull = face_hull(points, rng)
     centre = hull.mean(0)
-    hull = centre + (hull - centre) * rng.uniform(0.85, 1.1) + rng.normal(0, 0.02 * w, hull.shape)  # deform
+    hull = centre + (hull - centre) * rng.uniform(0.9, 1.05)
     cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1.0)
+    mask = _deform(mask, rng)
     k = int(rng.integers(1, 4)) * 2 + 1
     mask = cv2.erode(mask, np.ones((k, k), np.uint8)) if rng.random() < 0.5 else cv2.dilate(mask, np.ones((k, k), np.uint8))
     blur = int(w * rng.uniform(0.04, 0.12)) | 1
@@ -63,10 +91,12 @@ def _shift_geometry(image, rng):
     return cv2.warpAffine(image, m, (w, h), borderMode=cv2.BORDER_REFLECT)
 
 def self_blend(image:np.ndarray, # H x W x 3 uint8 real face crop
-               kps:np.ndarray, # 6 x 2 keypoints in crop pixels
+               points:np.ndarray, # 468 x 2 landmarks (or 6 x 2 keypoints) in crop pixels
                rng:np.random.Generator,
-              ) -> np.ndarray:
-    "A self-blended fake of a real face crop."
+               with_mask:bool=False, # also return the mask used
+              ) -> np.ndarray|tuple[np.ndarray, np.ndarray]:
+    "A self-blended fake of a real face crop (and its blending mask when `with_mask`)."
     source = _shift_geometry(_shift_colour(image, rng), rng)
-    mask = blend_mask(image.shape, kps, rng)[..., None]
-    return np.clip(source * mask + image.astype(np.float32) * (1 - mask), 0, 255).round().astype(np.uint8)
+    mask = blend_mask(image.shape, points, rng)
+    fake = np.clip(source * mask[..., None] + image.astype(np.float32) * (1 - mask[..., None]), 0, 255).round().astype(np.uint8)
+    return (fake, mask) if with_mask else fake

@@ -18,8 +18,8 @@ from .core import atomic_path, sha256_file
 
 # %% auto #0
 __all__ = ['CONVERTED_FORMAT', 'densify', 'read_tflite', 'TFConv', 'TFMaxPool', 'TFPad', 'TFAdd', 'TFRelu', 'TFResize',
-           'TFDepthToSpace', 'TFReshape', 'TFConcat', 'simplify', 'TFLiteNet', 'save_converted', 'convert_tflite',
-           'load_converted', 'is_converted']
+           'TFDepthToSpace', 'TFReshape', 'TFConcat', 'TFPRelu', 'simplify', 'TFLiteNet', 'save_converted',
+           'convert_tflite', 'load_converted', 'is_converted']
 
 # %% ../nbs/02a_tflite.ipynb #1ae0951d
 def _tflite():
@@ -243,6 +243,13 @@ class TFConcat(nn.Module):
         self.activation = activation
     def forward(self, *xs): return _activate(torch.cat(xs, self.axis), self.activation)
 
+class TFPRelu(nn.Module):
+    "PRELU with one slope per channel (TFLite stores the slopes as a 1 x 1 x C tensor, NHWC)."
+    def __init__(self, alpha):
+        super().__init__()
+        self.weight = nn.Parameter(torch.from_numpy(np.ascontiguousarray(alpha.reshape(-1))), requires_grad=False)
+    def forward(self, x): return F.prelu(x, self.weight)
+
 # %% ../nbs/02a_tflite.ipynb #2ab2d4c2
 def _build_step(step, consts):
     "The module for one graph step and the names of its run-time inputs."
@@ -258,6 +265,9 @@ def _build_step(step, consts):
     if op == "DEPTH_TO_SPACE": return TFDepthToSpace(o["block"]), ins
     if op == "RESHAPE": return TFReshape(step["shape"]), ins[:1]
     if op == "CONCATENATION": return TFConcat(o["axis"], o["activation"], spatial=len(step["shape"]) == 4), ins
+    if op == "PRELU":
+        if consts[ins[1]].size not in (1, step["shape"][-1]): raise NotImplementedError("PRELU slopes not per channel")
+        return TFPRelu(consts[ins[1]]), ins[:1]
     raise NotImplementedError(f"TFLite operator {op} is not supported")
 
 def _pad_table(step, consts):

@@ -23,7 +23,7 @@ from .data import (FaceCrops, balanced_sampler, check_split, read_crops, read_sp
                                  train_augment, write_split)
 from .sbi import self_blend
 from .model import build_model, normalize, save_model
-from .evaluate import binary_metrics, choose_threshold, score_crops, video_scores
+from .evaluate import binary_metrics, fit_calibration, score_crops, video_scores
 
 # %% auto #0
 __all__ = ['prepare_split', 'train', 'parse_args', 'main']
@@ -78,7 +78,7 @@ def _setup(cfg, faces_dir, out_dir, checkpoint_dir, progress) -> _Run:
 def _mixture(cfg):
     "(share of real crops to draw, chance a drawn real crop is self-blended) so that half the images are real."
     if cfg.blend == "none": return 0.5, 0.0
-    if cfg.blend == "sbi": return 1.0, cfg.blend_prob
+    if cfg.blend == "sbi": return 1.0, 1.0 if cfg.pairs else cfg.blend_prob
     return 0.75, 1 / 3  # 0.75 x 2/3 = 0.5 real, 0.25 self-blended, 0.25 dataset fakes
 
 def _train_rows(crops, cfg):
@@ -90,6 +90,10 @@ def _train_rows(crops, cfg):
     if cfg.blend != "none" and (rows["target"] == 0).sum() == 0:
         raise ValueError("self-blending needs real crops in the training split, and it has none")
     return rows.reset_index(drop=True)
+
+def _items_per_batch(cfg) -> int:
+    "Dataset items per batch: a pair is two of the batch's images."
+    return max(1, cfg.batch_size // 2) if cfg.blend == "sbi" and cfg.pairs else cfg.batch_size
 
 def _epoch_sample(rows, cfg, epoch, rank, world):
     "Indices of this epoch's crops for this process: a few per video, then class-balanced draws."
@@ -178,7 +182,7 @@ def _validate(model, val_rows, cfg, device):
     frames = val_rows.assign(prob=probs)
     videos = video_scores(frames)
     m = binary_metrics(videos["target"], videos["prob"])
-    return m, videos
+    return m, frames
 
 def _better(m, best):
     if best is None: return True
@@ -213,13 +217,15 @@ def _train_epoch(run, s, dataset, rows, epoch) -> tuple[list[float], int]:
     "One pass over this process's share of the epoch's sample; returns the step losses and the images seen."
     cfg, proc = run.cfg, run.proc
     order = _epoch_sample(rows, cfg, epoch, proc.rank, proc.world)
-    loader = DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=cfg.batch_size,
-                        num_workers=cfg.workers, pin_memory=proc.device.type == "cuda", drop_last=len(order) > cfg.batch_size,
+    items = _items_per_batch(cfg)
+    loader = DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=items,
+                        num_workers=cfg.workers, pin_memory=proc.device.type == "cuda", drop_last=len(order) > items,
                         persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + proc.rank))
     s.model.train()
     losses, seen = [], 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress or proc.rank != 0, leave=False)
     for step, (x, y, _) in enumerate(bar):
+        if x.dim() == 5: x, y = x.flatten(0, 1), y.flatten(0, 1)  # pairs: B x 2 x C x H x W -> 2B images
         loss = _loss(s.model, x, y, proc.device)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
@@ -238,7 +244,7 @@ def _train_epoch(run, s, dataset, rows, epoch) -> tuple[list[float], int]:
 def _end_epoch(run, s, val_rows, epoch, losses, seen:list[int], train_s) -> dict:
     "Validate, save the model when it is the best so far, checkpoint and write metrics.csv; returns the epoch's record."
     t1 = time.perf_counter()
-    val, val_videos = _validate(s.model, val_rows, run.cfg, run.proc.device)
+    val, val_frames = _validate(s.model, val_rows, run.cfg, run.proc.device)
     val_s = time.perf_counter() - t1
     improved = _better(val, s.best)
     images = sum(seen)  # `seen`: the images each process trained on, counted there
@@ -250,7 +256,7 @@ def _end_epoch(run, s, val_rows, epoch, losses, seen:list[int], train_s) -> dict
     s.history.append(record)
     if improved:
         s.best = dict(epoch=epoch + 1, auc=val["auc"], log_loss=val["log_loss"])
-        _save_best(s.model, run.out_dir, run.cfg, val_videos, run.extraction)
+        _save_best(s.model, run.out_dir, run.cfg, val_frames, run.extraction)
     t2 = time.perf_counter()
     _save_checkpoint(run.last, s, epoch, run.cfg)
     record["checkpoint_s"] = round(time.perf_counter() - t2, 2)
@@ -263,13 +269,19 @@ def _epoch_line(r):
             f"val AUC {r['val_auc']:.3f}, log loss {r['val_log_loss']:.3f}{' (best)' if r['improved'] else ''}")
 
 # %% ../nbs/10_train.ipynb #a13d3423
+def _training_set(rows, cfg) -> FaceCrops:
+    "The training crops with their augmentation and self-blending, as the config says."
+    margin = (1 - cfg.crop_jitter, 1.0) if cfg.crop_jitter else None
+    return FaceCrops(rows, augment=train_augment(cfg.augment_p, margin=margin), blend=self_blend if cfg.blend != "none" else None,
+                     blend_prob=_mixture(cfg)[1], pairs=cfg.blend == "sbi" and cfg.pairs)
+
 def _model_and_optimizer(run, rows) -> _State:
     "The classifier with its AdamW optimizer and a one-cycle schedule over every planned step."
     cfg = run.cfg
     model = build_model(cfg.backbone, pretrained=cfg.pretrained).to(run.proc.device)
     model = model.to(memory_format=torch.channels_last)  # faster on CPUs (oneDNN) as on GPUs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(_epoch_sample(rows, cfg, 0, run.proc.rank, run.proc.world)) / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(_epoch_sample(rows, cfg, 0, run.proc.rank, run.proc.world)) / _items_per_batch(cfg)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                 pct_start=0.1, final_div_factor=20)
     return _State(model, opt, sched)
@@ -306,8 +318,7 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
     s = _model_and_optimizer(run, rows)
     start = _resume(run, s)
     s.model = _distribute(run, s.model)
-    dataset = FaceCrops(rows, augment=train_augment(cfg.augment_p), blend=self_blend if cfg.blend != "none" else None,
-                        blend_prob=_mixture(cfg)[1])
+    dataset = _training_set(rows, cfg)
     trained = 0  # epochs run by this call; a resumed run starts after the checkpoint's
     for epoch in range(start, cfg.epochs):
         if s.best is not None and _epochs_since_best(s.history) >= cfg.patience: break
@@ -332,9 +343,11 @@ def _extraction_settings(faces_dir):
     return dict(face_size=s.get("face_size", DEFAULTS.face_size), margin=s.get("margin", DEFAULTS.face_margin),
                 frames_per_video=s.get("frames", DEFAULTS.frames_per_video), detector=s.get("detector", DEFAULTS.detector))
 
-def _save_best(model, out_dir, cfg, val_videos, extraction):
-    threshold = choose_threshold(val_videos["target"], val_videos["prob"])
-    save_model(_unwrap(model), out_dir, dict(backbone=cfg.backbone, threshold=threshold, **extraction, train=asdict(cfg)))
+def _save_best(model, out_dir, cfg, val_frames, extraction):
+    "Save the model with its calibration; at 0.5 on the calibrated probability the verdict weighs both classes alike."
+    calibration = fit_calibration(val_frames["prob"], val_frames["target"], val_frames["video_id"])
+    save_model(_unwrap(model), out_dir, dict(backbone=cfg.backbone, threshold=0.5, calibration=calibration,
+                                             **extraction, train=asdict(cfg)))
 
 # %% ../nbs/10_train.ipynb #717bd4ec
 def parse_args(argv=None) -> argparse.Namespace:

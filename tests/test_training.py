@@ -92,14 +92,17 @@ def test_killed_training_resumes_from_its_checkpoint(demo_faces, tmp_path):
     assert metrics["epoch"].tolist() == [1, 2, 3]
     before = pd.DataFrame(json.loads(state["history"]))
     assert metrics["train_loss"][:done_before].tolist() == pytest.approx(before["train_loss"].tolist(), rel=1e-9)
-    # the saved threshold is the one chosen on the saved model's validation videos
+    # the saved calibration is the one fitted on the saved model's validation frames
     from deepfake_mlops.data import read_crops
-    from deepfake_mlops.evaluate import choose_threshold, score_crops, video_scores
+    from deepfake_mlops.evaluate import fit_calibration, score_crops
     from deepfake_mlops.model import load_model
     model = load_model(out)
     val = read_crops(demo_faces, read_split(out/"split.csv")).query("split == 'val'").reset_index(drop=True)
-    videos = video_scores(val.assign(prob=score_crops(model, val)))
-    assert model.config["threshold"] == pytest.approx(choose_threshold(videos["target"], videos["prob"]), abs=1e-4)
+    saved, model.calibration = model.calibration, dict(scale=1.0, bias=0.0)
+    refit = fit_calibration(score_crops(model, val), val["target"], val["video_id"])
+    assert (refit["scale"], refit["bias"]) == pytest.approx((saved["scale"], saved["bias"]), abs=2e-3)
+    assert model.config["threshold"] == 0.5
+    model.calibration = saved
     # and the interrupted run ends where an uninterrupted one with the same seed does: same epochs, same weights
     whole = subprocess.run(_train_argv(demo_faces, tmp_path/"whole", "--epochs", 3), capture_output=True, text=True, timeout=900)
     assert whole.returncode == 0, describe(whole)

@@ -28,7 +28,7 @@ def one_line_error(proc) -> str:
     ("Epochs=0", "parameter Epochs is 0; it must be an integer from 1 to 1000"),
     ("Epochs=-1", "parameter Epochs is -1; it must be an integer from 1 to 1000"),
     ("BatchSize=0", "parameter BatchSize is 0; it must be an integer from 1 to 4096"),
-    ("Backbone=nope", "parameter Backbone is 'nope'; it must be one of mobilenet_v2, efficientnet_lite0"),
+    ("Backbone=nope", "parameter Backbone is 'nope'; it must be one of mobilenet_v2, efficientnet_lite0, efficientnet_lite2"),
     ("MinAuc=2", "parameter MinAuc is 2.0; it must be a number from 0 to 1"),
     ("MinAuc=nan", "parameter MinAuc is nan; it must be a number from 0 to 1"),
     ("FramesPerVideo=0", "parameter FramesPerVideo is 0; it must be an integer from 1 to 10000"),
@@ -159,7 +159,7 @@ def _gate(definition:dict, evaluation:dict, tmp_path:Path, min_auc:float):
 
 
 def test_a_model_without_a_usable_threshold_is_flagged_and_not_registered_whatever_min_auc(demo_model, demo_faces, definition, tmp_path):
-    # the model choose_threshold leaves when validation finds no threshold better than chance: 1.0, every video REAL
+    # a config whose threshold is 1.0 (every video REAL), as a model without a usable threshold has
     work, _ = demo_model
     model = shutil.copytree(work/"model", tmp_path/"model", ignore=shutil.ignore_patterns("checkpoints"))
     config = json.loads((model/"config.json").read_text())
