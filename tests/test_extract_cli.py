@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepfake_mlops.faces import VIDEO_META
+from deepfake_mlops.data import crop_landmarks
+from deepfake_mlops.faces import LANDMARKS_FILE, VIDEO_META
 from deepfake_mlops.manifest import COLUMNS, read_manifest, read_manifest_csv
 from helpers import describe, read_csv_text, run_cli, temp_leftovers
 
@@ -129,12 +130,29 @@ def test_ffpp_crops_are_square_jpegs(ffpp_run, ffpp_faces):
     for c in crops[::max(1, len(crops)//60)]:
         image = cv2.imread(str(out/c))
         assert image is not None and image.shape == (FACE_SIZE, FACE_SIZE, 3), (c, None if image is None else image.shape)
-    on_disk = {p.relative_to(out).as_posix() for p in (out/"crops").rglob("*") if p.is_file()}
+    on_disk = {p.relative_to(out).as_posix() for p in (out/"crops").rglob("*") if p.is_file() and p.name != LANDMARKS_FILE}
     assert on_disk == set(crops), f"crops not in faces.csv: {sorted(on_disk - set(crops))[:3]}"
     # each face row of the main person has its crop; rows without a face have none
     no_face = ffpp_faces["face"].astype(int) < 0
     assert (ffpp_faces.loc[no_face, "crop_path"] == "").all()
     assert (ffpp_faces.loc[ffpp_faces["main"] == "True", "crop_path"] != "").all()
+
+def test_ffpp_landmarks_are_kept_with_every_crop(ffpp_run, ffpp_faces):
+    "Each crop has its 468 face landmarks beside it, in crop pixels, on the face: training reads them, never the model."
+    _, out = ffpp_run
+    crops = ffpp_faces[ffpp_faces["crop_path"] != ""]
+    for video_id, rows in crops.groupby("video_id"):
+        points = crop_landmarks(out, video_id)
+        assert sorted(points) == sorted(rows["frame_index"].astype(int)), video_id
+        stacked = np.stack(list(points.values()))
+        assert stacked.shape[1:] == (468, 2), (video_id, stacked.shape)
+        # the crop is the detection box plus a 30% margin: the face mesh fills its middle, eyes above the mouth
+        inside = ((stacked >= 0) & (stacked < FACE_SIZE)).all(-1).mean()
+        assert inside > 0.97, (video_id, inside)
+        centre = stacked.mean(1)
+        assert (np.abs(centre - FACE_SIZE / 2) < 0.2 * FACE_SIZE).all(), (video_id, centre.min(0), centre.max(0))
+        eyes, mouth = stacked[:, [33, 263]].mean(1), stacked[:, 13]
+        assert (eyes[:, 1] < mouth[:, 1]).mean() > 0.9, video_id
 
 def test_ffpp_rows_carry_the_manifest_labels(ffpp, ffpp_run, ffpp_faces):
     _, out = ffpp_run
