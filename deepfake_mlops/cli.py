@@ -272,6 +272,21 @@ def _deploy(args):
     return 0
 
 # %% ../nbs/20_cli.ipynb #190118f4
+def _crossval_parser(sub):
+    p = sub.add_parser("crossval", help="cross-validate by identity over several seeds: pooled video-level metrics, per-method AUC",
+                       description="Cross-validate the detector by identity: every video scored, once per seed, by a model "
+                                   "that never saw its people. Resumable: finished folds are not trained again.")
+    p.add_argument("--faces", type=Path, required=True, help="extraction folder (crops, faces.csv, manifest.csv)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: seed{S}/fold{F} models, predictions.csv, crossval.json")
+    p.add_argument("--folds", type=_count(3, 1000), default=5, help="folds, at least 3 (default %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="a full cross-validation per seed (default %(default)s)")
+    add_options(p.add_argument_group("training settings (TrainConfig; --seeds replaces --seed)"), TrainConfig)
+    p.set_defaults(func=_crossval, seed=None)  # refused when given: the seeds come from --seeds
+
+def _crossval(args):
+    from deepfake_mlops.crossval import run
+    return run(args)
+
 def _contact_sheet_parser(sub):
     p = sub.add_parser("contact-sheet", help="draw a PNG grid of face crops, one row per video",
                        description="Draw the crops of an extraction folder as a labelled grid.")
@@ -301,7 +316,7 @@ def _demo(args):
     return 0
 
 # %% ../nbs/20_cli.ipynb #3d8fc3bc
-_PARSERS = (_weights_parser, _manifest_parser, _extract_parser, _train_parser, _evaluate_parser, _predict_parser,
+_PARSERS = (_weights_parser, _manifest_parser, _extract_parser, _train_parser, _crossval_parser, _evaluate_parser, _predict_parser,
             _serve_parser, _deploy_parser, _contact_sheet_parser, _demo_parser, add_local_commands)
 
 def build_parser() -> argparse.ArgumentParser:

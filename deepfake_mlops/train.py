@@ -282,8 +282,10 @@ def _model_and_optimizer(run, rows) -> _State:
     model = model.to(memory_format=torch.channels_last)  # faster on CPUs (oneDNN) as on GPUs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(_epoch_sample(rows, cfg, 0, run.proc.rank, run.proc.world)) / _items_per_batch(cfg)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                pct_start=0.1, final_div_factor=20)
+    total = cfg.epochs * steps_per_epoch
+    # a tenth of the steps warm up; at exactly 10 steps OneCycleLR's warm-up would end at step 0 and divide by zero
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                                pct_start=0.1 if total != 10 else 0.15, final_div_factor=20)
     return _State(model, opt, sched)
 
 def _distribute(run, model):

@@ -62,7 +62,7 @@ def _plain_verdict(model_dir, video):
     kept = [(f, d[np.flatnonzero(i == main)[0]]) for f, d, i in zip(frames, dets, ids) if (i == main).any()]
     crops = [as_stored(crop_square(f.image, box[:4], cfg.get("face_size", DEFAULTS.face_size),
                                   cfg.get("margin", DEFAULTS.face_margin))) for f, box in kept]
-    with torch.inference_mode(): probs = torch.sigmoid(model(crops_to_tensor(crops, model.mean, model.std))).numpy()
+    with torch.inference_mode(): probs = model.probability(model(crops_to_tensor(crops, model.mean, model.std))).numpy()  # calibrated
     return [f.index for f, _ in kept], probs
 
 
