@@ -367,9 +367,6 @@ def run(a:argparse.Namespace) -> int:
     return 0
 
 # %% ../nbs/10a_crossval.ipynb #87d4c643
-def _in_notebook() -> bool:
-    "True inside a Jupyter kernel, where `__name__` is also '__main__'."
-    ipython = sys.modules.get("IPython")
-    return ipython is not None and ipython.get_ipython() is not None
+from .train import _in_notebook  # a notebook's kernel also runs as __main__
 
 if __name__ == "__main__" and not _in_notebook(): sys.exit(main())
