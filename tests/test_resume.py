@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from deepfake_mlops.faces import LANDMARKS_FILE
 from deepfake_mlops.manifest import read_manifest
 from helpers import cli_command, describe, read_csv_text, run_cli, temp_leftovers
 
@@ -16,7 +17,8 @@ def _parts(out:Path) -> list[Path]:
 
 
 def _crop_files(out:Path, video_id:str) -> set[str]:
-    return {p.relative_to(out).as_posix() for p in (out/"crops"/video_id).iterdir()}
+    "The crops in a video's folder (its landmarks file beside them is not a crop)."
+    return {p.relative_to(out).as_posix() for p in (out/"crops"/video_id).iterdir() if p.name != LANDMARKS_FILE}
 
 
 def _kill_after_parts(command:list[str], out:Path, parts:int, log:Path) -> int:
