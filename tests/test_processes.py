@@ -74,7 +74,9 @@ def test_a_killed_extract_leaves_no_worker_running(demo_clips, tmp_path, sig):
 
 def test_ctrl_c_stops_extract_at_once_with_one_line_and_no_worker_left(demo_clips, tmp_path):
     out, log = tmp_path/"faces", tmp_path/"extract.log"
-    proc = _start(["extract", demo_clips, "--out", out, "--frames", 8, "--workers", 2, "--no-contact-sheet"], log)
+    # 40 frames a video: once the workers are up a demo clip takes a tenth of a second at 8 frames, and all 12
+    # could be done before the Ctrl-C lands
+    proc = _start(["extract", demo_clips, "--out", out, "--frames", 40, "--workers", 2, "--no-contact-sheet"], log)
     _wait_for(lambda: _parts(out) >= 1, proc, log)
     family = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends Ctrl-C: to the whole foreground group
