@@ -17,7 +17,9 @@ def _parts(out:Path) -> int:
 def _start(args:list, log:Path) -> subprocess.Popen:
     "`deepfake-mlops ARGS` in a process group of its own (its id is the group's), output to `log`."
     with open(log, "w") as f:
-        return subprocess.Popen(cli_command(*args), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        # Ctrl-C as a terminal's foreground job gets it: a shell that started this run in the background made it ignore SIGINT
+        return subprocess.Popen(cli_command(*args), stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(condition, proc:subprocess.Popen, log:Path, timeout:float=300):
