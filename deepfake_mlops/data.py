@@ -200,7 +200,8 @@ class FaceCrops(Dataset):
                 ):
         self.files = crops["crop_file"].tolist()
         self.targets = crops["target"].to_numpy(np.float32)
-        self.points = [_blend_points(r) for _, r in crops.iterrows()]
+        # what a self-blend's mask follows, only when there are blends to make (scoring reads many crops and makes none)
+        self.points = _blend_points(crops) if blend is not None else None
         if pairs and (blend is None or (self.targets != 0).any()): raise ValueError("pairs need a blend and real crops only")
         self.augment, self.blend, self.blend_prob, self.pairs = augment, blend, blend_prob, pairs
     def __len__(self): return len(self.files)
@@ -222,10 +223,11 @@ class FaceCrops(Dataset):
         if self.augment is not None: x = self.augment(x)
         return x, torch.tensor(target), i
 
-def _blend_points(row):
-    "What a self-blend's mask follows: the crop's landmarks where extraction kept them, else its keypoints."
-    landmarks = row.get("landmarks")
-    return landmarks if landmarks is not None else row.get("kps")
+def _blend_points(crops):
+    "Per crop, what a self-blend's mask follows: its landmarks where extraction kept them, else its keypoints."
+    kps = crops["kps"] if "kps" in crops else [None] * len(crops)
+    landmarks = crops["landmarks"] if "landmarks" in crops else [None] * len(crops)
+    return [l if l is not None else k for l, k in zip(landmarks, kps)]
 
 def balanced_sampler(targets, generator:torch.Generator|None=None, real_share:float=0.5) -> WeightedRandomSampler:
     "Sample REAL and FAKE crops in the given proportion, with replacement, one epoch = len(targets) draws."
