@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'VIDEO_TYPES', 'IMAGE_TYPES', 'JSON_TYPE', 'CONTENT_TYPES', 'BACKBONE_NAMES', 'Range', 'check_setting',
-           'Defaults', 'TrainConfig', 'field_comments', 'add_options', 'from_options', 'cache_dir', 'local_root',
-           'shared_datasets', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text', 'sha256_file',
+__all__ = ['DEFAULTS', 'VIDEO_TYPES', 'IMAGE_TYPES', 'JSON_TYPE', 'CONTENT_TYPES', 'REALTIME_MAX_BODY', 'ASYNC_MAX_BODY',
+           'REALTIME_TIMEOUT_S', 'ASYNC_TIMEOUT_S', 'BACKBONE_NAMES', 'Range', 'check_setting', 'Defaults',
+           'serving_environment', 'TrainConfig', 'field_comments', 'add_options', 'from_options', 'cache_dir',
+           'local_root', 'shared_datasets', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text', 'sha256_file',
            'CorruptDatabase', 'connect', 'write_transaction', 'create_schema']
 
 # %% ../nbs/00_core.ipynb #91806d2d
@@ -71,6 +72,21 @@ VIDEO_TYPES = ("video/mp4", "video/quicktime", "video/webm", "video/x-matroska",
 IMAGE_TYPES = ("image/jpeg", "image/png")  # one face crop or frame
 JSON_TYPE = "application/json"  # {"s3_uri": ...} or {"path": ...} of a video
 CONTENT_TYPES = VIDEO_TYPES + IMAGE_TYPES + (JSON_TYPE,)
+
+# request bodies: a real-time endpoint's front door takes at most 6 MB and 60 s, an asynchronous one reads up to 1 GB from S3
+# and may take an hour; inside the container TorchServe refuses a body over its own limit (6,553,500 bytes unless raised)
+# with an empty 413, before the handler sees it, so the limit is set on the model, in its container environment
+REALTIME_MAX_BODY = 200 * 1024 * 1024  # what `serve` and a real-time model accept (S3 and file requests included)
+ASYNC_MAX_BODY = 1 << 30
+REALTIME_TIMEOUT_S = 60
+ASYNC_TIMEOUT_S = 3600
+
+def serving_environment(max_body:int=REALTIME_MAX_BODY, # largest request body, bytes
+                        timeout_s:int=REALTIME_TIMEOUT_S, # longest answer, seconds
+                       ) -> dict[str, str]:
+    "The model container's environment for requests up to `max_body` bytes answered within `timeout_s`: TorchServe's limits and the handler's."
+    return {"TS_MAX_REQUEST_SIZE": str(max_body), "TS_MAX_RESPONSE_SIZE": str(max_body),
+            "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout_s), "DEEPFAKE_MLOPS_MAX_BODY": str(max_body)}
 
 # %% ../nbs/00_core.ipynb #a12f7565
 # the backbones `model.BACKBONES` builds, named here so that settings are checked without importing torch
