@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATASETS ?= ../shared/datasets
 RUNS ?= runs
 
-.PHONY: install run test pytest nbtest check docs bench clean
+.PHONY: install sagemaker-runtime serve-sagemaker run test pytest nbtest check docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,18 +21,38 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 	$(BIN)/deepfake-mlops weights
 
+# SageMaker's own runtime beside .venv: the PyTorch containers' torch and toolkits (runtime/requirements.txt says
+# where it differs from the images). TorchServe needs Java 17 (Debian: openjdk-17-jre-headless).
+RUNTIME_VENV := .venv-sagemaker
+RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
+$(RUNTIME_STAMP): runtime/requirements.txt
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RUNTIME_VENV)/bin/pip install --quiet -r runtime/requirements.txt
+	@command -v java >/dev/null || (echo "TorchServe needs Java 17: apt-get install openjdk-17-jre-headless" && exit 1)
+	touch $(RUNTIME_STAMP)
+
+sagemaker-runtime: $(RUNTIME_STAMP)
+
+# a model.tar.gz (or registry reference) served as an endpoint would serve it: make serve-sagemaker MODEL=deepfake-detection:latest
+MODEL ?= deepfake-detection:latest
+serve-sagemaker: install sagemaker-runtime
+	$(BIN)/deepfake-mlops serve-sagemaker $(MODEL) --runtime $(RUNTIME_VENV) --root $(RUNS)/local
+
 # main job: the whole pipeline on this machine (local engine): extract, train, evaluate, gate, register,
 # with the executed orchestration notebook and its HTML as the report. Without DATA it runs on rendered
 # demo clips (a smoke test); real data: make run DATA=../shared/datasets/ffpp
 # --log-output streams what the cells print (each step as it starts and ends, the jobs' progress) to the terminal
 # while they run; the progress bar would only say which cell runs. The HTML is for readers: outputs only, no code
 # and no front matter (the executed .ipynb keeps both).
+# RUNTIME=.venv-sagemaker runs the jobs in SageMaker's own runtime (make sagemaker-runtime builds it)
 DATA ?=
+RUNTIME ?=
 REPORT := $(RUNS)/report
-run: install
+run: install $(if $(RUNTIME),sagemaker-runtime,)
 	@mkdir -p $(REPORT)
 	$(BIN)/papermill nbs/run_pipeline.ipynb $(REPORT)/run_pipeline.ipynb --cwd . --log-output --no-progress-bar \
-	  -p target local -p local_root $(RUNS)/local $(if $(DATA),-p data $(DATA),)
+	  -p target local -p local_root $(RUNS)/local $(if $(DATA),-p data $(DATA),) $(if $(RUNTIME),-p runtime $(RUNTIME),)
 	$(BIN)/jupyter nbconvert --to html --no-input --TemplateExporter.exclude_raw=True $(REPORT)/run_pipeline.ipynb >/dev/null 2>&1
 	@echo "report: $(REPORT)/run_pipeline.html"
 

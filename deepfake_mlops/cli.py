@@ -10,7 +10,7 @@ import argparse, json, os, sys
 from pathlib import Path
 
 from .core import DEFAULTS, TrainConfig, add_options, from_options, local_root
-from .cli_local import add_local_commands
+from .cli_local import add_local_commands, model_location
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -144,17 +144,7 @@ def _evaluate(args):
     return 0
 
 # %% ../nbs/20_cli.ipynb #d58b07b0
-def _model_location(model:str, root:Path) -> Path:
-    "A model folder or model.tar.gz, given as a path or as a registry reference (GROUP:VERSION, GROUP:latest-approved)."
-    if Path(model).exists(): return Path(model)
-    if ":" not in model: raise ValueError(f"{model}: no such model folder or model.tar.gz (a registry reference looks like deepfake-detection:latest-approved)")
-    from deepfake_mlops.registry import Registry
-    db = Path(root)/"registry.db"
-    if not db.exists(): raise ValueError(f"{model}: no model registry at {db}; run `deepfake-mlops run` first or pass --root")
-    try: record = Registry(db).resolve(model)
-    except KeyError as e: raise ValueError(str(e).strip("'\"")) from None
-    print(f"{model} is {record['ref']} ({record['status']}): {record['model_data']}", file=sys.stderr)
-    return Path(record["model_data"])
+_model_location = model_location  # one rule for `predict`, `serve` and `serve-sagemaker` (cli_local)
 
 def _predict_parser(sub):
     p = sub.add_parser("predict", help="say whether videos are fake, with a trained model folder or model.tar.gz",
@@ -191,15 +181,16 @@ def _predict(args):
             failed += 1
             results.append(dict(video=str(video), error=str(e)))
     if args.json: print(json.dumps(results, indent=2))
-    else: _print_verdicts(results, detector)
+    else: _print_verdicts(results, f"threshold {detector.threshold:.3f}, model {detector.version}")
     return 1 if failed else 0
 
-def _print_verdicts(results, detector):
+def _print_verdicts(results:list[dict], footer:str):
+    "The verdicts as a table, one video a line, then `footer` (the threshold and model)."
     print(f"{'video':50} {'label':6} {'p(fake)':>8} {'faces':>6}")
     for r in results:
         if "error" in r: print(f"{r['video'][-50:]:50} error: {r['error']}")
-        else: print(f"{r['video'][-50:]:50} {r['label']:6} {r['probability']:8.3f} {r['faces_found']:6d}")
-    print(f"threshold {detector.threshold:.3f}, model {detector.version}")
+        else: print(f"{r['video'][-50:]:50} {r['label']:6} {r['probability']:8.3f} {r.get('faces_found', '-'):>6}")
+    print(footer)
 
 # %% ../nbs/20_cli.ipynb #09408b82
 def _serve_parser(sub):
@@ -254,6 +245,12 @@ def _deploy_parser(sub):
     p.add_argument("--bucket", help="or a bucket: capture goes to s3://BUCKET/GROUP/data-capture")
     p.add_argument("--dry-run", action="store_true", help="only read, and print what would be done")
     p.add_argument("--wait", action="store_true", help="wait until the endpoint is InService")
+    p.add_argument("--async", dest="asynchronous", action="store_true",
+                   help="the stage's asynchronous endpoint GROUP-STAGE-async (videos up to 1 GB through S3, an hour each)")
+    p.add_argument("--output-s3-uri", help="--async: S3 prefix SageMaker writes each answer under")
+    p.add_argument("--failure-s3-uri", help="--async: S3 prefix for failed requests' errors (default OUTPUT/failures)")
+    p.add_argument("--max-concurrent-invocations", type=_count(1, 1000),
+                   help="--async: requests an instance works on at once (default: the stage's async_concurrency, deploy.STAGES)")
     p.set_defaults(func=_deploy)
 
 def _deploy(args):
@@ -262,14 +259,53 @@ def _deploy(args):
     if not (args.capture_s3_uri or args.bucket): raise ValueError("say where data capture goes: --capture-s3-uri s3://BUCKET/PREFIX or --bucket BUCKET")
     try:
         done = deploy(args.stage, args.role, args.capture_s3_uri or capture_uri(args.bucket, args.group), group=args.group,
-                      region=args.region, dry_run=args.dry_run, wait=args.wait)
+                      region=args.region, dry_run=args.dry_run, wait=args.wait, asynchronous=args.asynchronous,
+                      output_s3_uri=args.output_s3_uri, failure_s3_uri=args.failure_s3_uri,
+                      max_concurrent=args.max_concurrent_invocations)
     except (BotoCoreError, ClientError, RuntimeError) as e:
         print(f"deepfake-mlops deploy: error: {e}", file=sys.stderr)
         return 2
     print(f"{args.group} version {done['package_version']} is the newest Approved package: {done['package_arn']}")
     for s in done["steps"]: print(f"  {s}")
     print(f"endpoint {done['endpoint']} in {done['region']}: {done['action']}" + (" (dry run: nothing was changed)" if done["dry_run"] else ""))
+    if done["asynchronous"]:
+        output = done["endpoint_config"]["AsyncInferenceConfig"]["OutputConfig"]
+        print(f"asynchronous: answers under {output['S3OutputPath']}, failures under {output['S3FailurePath']}")
     return 0
+
+# %% ../nbs/20_cli.ipynb #d20pend1
+def _predict_endpoint_parser(sub):
+    p = sub.add_parser("predict-endpoint",
+                       help="say whether videos are fake, with a deployed SageMaker endpoint (real-time or asynchronous)",
+                       description="Ask ENDPOINT about each video and print the verdicts as `predict` does. An asynchronous "
+                                   "endpoint (deploy --async) gets each video uploaded under --input-s3-uri and writes its answer "
+                                   "to S3, read as it appears; a real-time endpoint takes videos under 6 MB in the request. Exits "
+                                   "1 when some videos got no verdict (the message says why, or where the answer will be).")
+    p.add_argument("endpoint", help="endpoint name, such as deepfake-detection-staging-async")
+    p.add_argument("videos", nargs="+", type=Path, help="video files, or folders: every video under a folder")
+    p.add_argument("--region", help="AWS region (default $AWS_REGION, then $AWS_DEFAULT_REGION)")
+    p.add_argument("--input-s3-uri",
+                   help="asynchronous endpoints: S3 prefix the videos are uploaded under (the endpoint's role reads it)")
+    p.add_argument("--wait-s", type=_count(0, 24 * 3600), default=900,
+                   help="asynchronous endpoints: seconds to wait for the answers, all together (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_predict_endpoint)
+
+def _predict_endpoint(args):
+    from botocore.exceptions import BotoCoreError, ClientError
+    from deepfake_mlops.deploy import predict_endpoint
+    videos = _videos_in(args.videos)  # a wrong folder is said before any AWS call
+    try:
+        results = predict_endpoint(args.endpoint, videos, input_s3_uri=args.input_s3_uri, region=args.region,
+                                   wait_s=args.wait_s, say=lambda line: print(line, file=sys.stderr))
+    except (BotoCoreError, ClientError) as e:
+        print(f"deepfake-mlops predict-endpoint: error: {e}", file=sys.stderr)
+        return 2
+    if args.json: print(json.dumps(results, indent=2))
+    else:
+        versions = sorted({str(r["model_version"]) for r in results if "model_version" in r})
+        _print_verdicts(results, ", ".join([f"endpoint {args.endpoint}"] + [f"model {v}" for v in versions]))
+    return 1 if any("error" in r for r in results) else 0
 
 # %% ../nbs/20_cli.ipynb #190118f4
 def _crossval_parser(sub):
@@ -317,7 +353,7 @@ def _demo(args):
 
 # %% ../nbs/20_cli.ipynb #3d8fc3bc
 _PARSERS = (_weights_parser, _manifest_parser, _extract_parser, _train_parser, _crossval_parser, _evaluate_parser, _predict_parser,
-            _serve_parser, _deploy_parser, _contact_sheet_parser, _demo_parser, add_local_commands)
+            _serve_parser, _deploy_parser, _predict_endpoint_parser, _contact_sheet_parser, _demo_parser, add_local_commands)
 
 def build_parser() -> argparse.ArgumentParser:
     "The `deepfake-mlops` argument parser, one subparser per command."

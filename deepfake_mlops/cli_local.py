@@ -12,7 +12,7 @@ from pathlib import Path
 from .core import local_root
 
 # %% auto #0
-__all__ = ['add_local_commands']
+__all__ = ['model_location', 'add_local_commands']
 
 # %% ../nbs/19a_cli_local.ipynb #bc94008c
 def _pipeline_parser(sub):
@@ -61,13 +61,17 @@ def _run_parser(sub):
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter override (repeatable)")
     p.add_argument("--no-cache", action="store_true", help="run every step even when a cached result exists")
     p.add_argument("--definition", type=Path, default=None, help="run this definition JSON instead of building one")
+    p.add_argument("--runtime", type=Path, default=None,
+                   help="run the jobs in SageMaker's own runtime: this environment's torch and toolkits "
+                        "(`make sagemaker-runtime` builds .venv-sagemaker)")
     _add_root(p)
     p.set_defaults(func=_run)
 
 def _run(args):
     from deepfake_mlops.local import evaluation_folder, registered_version, run_local
     definition = json.loads(args.definition.read_text()) if args.definition else None
-    execution = run_local(args.root, args.data, args.param, use_cache=not args.no_cache, definition=definition)
+    execution = run_local(args.root, args.data, args.param, use_cache=not args.no_cache, definition=definition,
+                          runtime=args.runtime)
     print(f"execution {execution['id']}: {execution['status']}")
     folder = evaluation_folder(args.root, execution)
     if folder is not None:
@@ -142,6 +146,49 @@ def _executions(args):
     return 0
 
 # %% ../nbs/19a_cli_local.ipynb #ff51df5a
+def model_location(model:str, root:Path) -> Path:
+    "A model folder or model.tar.gz, given as a path or as a registry reference (GROUP:VERSION, GROUP:latest-approved)."
+    if Path(model).exists(): return Path(model)
+    if ":" not in model: raise ValueError(f"{model}: no such model folder or model.tar.gz (a registry reference looks like deepfake-detection:latest-approved)")
+    from deepfake_mlops.registry import Registry
+    db = Path(root)/"registry.db"
+    if not db.exists(): raise ValueError(f"{model}: no model registry at {db}; run `deepfake-mlops run` first or pass --root")
+    try: record = Registry(db).resolve(model)
+    except KeyError as e: raise ValueError(str(e).strip("'\"")) from None
+    print(f"{model} is {record['ref']} ({record['status']}): {record['model_data']}", file=sys.stderr)
+    return Path(record["model_data"])
+
+def _serve_sagemaker_parser(sub):
+    p = sub.add_parser("serve-sagemaker", help="serve a model.tar.gz as a SageMaker endpoint would: the inference toolkit on TorchServe",
+                       description="Unpack the model as /opt/ml/model under a temporary SAGEMAKER_BASE_DIR and start the "
+                                   "SageMaker PyTorch inference toolkit (it installs code/requirements.txt, then starts "
+                                   "TorchServe) from the runtime environment, on 127.0.0.1. Ctrl-C stops it.")
+    p.add_argument("model", help="a model.tar.gz the pipeline trained (code/ inside), or a registry reference (GROUP:VERSION)")
+    p.add_argument("--runtime", type=Path, default=None, help="the runtime environment (default $DEEPFAKE_MLOPS_SAGEMAKER_RUNTIME, then .venv-sagemaker)")
+    p.add_argument("--port", type=int, default=8080, help="inference port (default %(default)s, SageMaker's)")
+    p.add_argument("--max-body", type=int, default=None, help="largest request body in bytes: TorchServe's limit and the handler's (default 200 MiB)")
+    p.add_argument("--workers", type=int, default=None, help="model workers (SAGEMAKER_MODEL_SERVER_WORKERS; default: one per CPU, as on an endpoint)")
+    p.add_argument("--allow-s3", action="append", metavar="S3_PREFIX", help='s3://BUCKET/PREFIX whose objects {"s3_uri": ...} may name (repeatable)')
+    _add_root(p)
+    p.set_defaults(func=_serve_sagemaker)
+
+def _serve_sagemaker(args):
+    import threading
+    from deepfake_mlops.core import REALTIME_MAX_BODY
+    from deepfake_mlops.inference import ServeLimits
+    from deepfake_mlops.runtime import find_runtime, serve_toolkit
+    ServeLimits(max_body=args.max_body or REALTIME_MAX_BODY, allow_s3=tuple(args.allow_s3 or ()))  # a bad value is said here
+    runtime = find_runtime(args.runtime)
+    env = {"DEEPFAKE_MLOPS_ALLOW_S3": ",".join(args.allow_s3)} if args.allow_s3 else {}
+    if args.workers: env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(args.workers)
+    print(f"starting TorchServe with the SageMaker inference toolkit ({runtime.name}); the first start installs the model's requirements")
+    with serve_toolkit(model_location(args.model, args.root), runtime, args.port, args.max_body or REALTIME_MAX_BODY,
+                       environment=env) as server:
+        print(f"serving {args.model} on {server.url} (GET /ping, POST /invocations); TorchServe's log: {server.root/'logs'}; Ctrl-C stops")
+        try: threading.Event().wait()
+        except KeyboardInterrupt: pass
+    return 0
+
 def add_local_commands(sub):
-    "Add the `pipeline`, `run`, `models` and `executions` subcommands to the subparsers `sub`."
-    for add in (_pipeline_parser, _run_parser, _models_parser, _executions_parser): add(sub)
+    "Add the `pipeline`, `run`, `serve-sagemaker`, `models` and `executions` subcommands to the subparsers `sub`."
+    for add in (_pipeline_parser, _run_parser, _serve_sagemaker_parser, _models_parser, _executions_parser): add(sub)

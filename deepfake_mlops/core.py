@@ -84,8 +84,10 @@ ASYNC_TIMEOUT_S = 3600
 def serving_environment(max_body:int=REALTIME_MAX_BODY, # largest request body, bytes
                         timeout_s:int=REALTIME_TIMEOUT_S, # longest answer, seconds
                        ) -> dict[str, str]:
-    "The model container's environment for requests up to `max_body` bytes answered within `timeout_s`: TorchServe's limits and the handler's."
-    return {"TS_MAX_REQUEST_SIZE": str(max_body), "TS_MAX_RESPONSE_SIZE": str(max_body),
+    "The model container's environment: its handler, and for requests up to `max_body` bytes answered within `timeout_s`, TorchServe's limits and the handler's."
+    # SAGEMAKER_PROGRAM names the handler in the model's code/; the SDK writes it empty for a model without an entry
+    # point, and the inference toolkit fails every request on an empty module name
+    return {"SAGEMAKER_PROGRAM": "inference.py", "TS_MAX_REQUEST_SIZE": str(max_body), "TS_MAX_RESPONSE_SIZE": str(max_body),
             "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout_s), "DEEPFAKE_MLOPS_MAX_BODY": str(max_body)}
 
 # %% ../nbs/00_core.ipynb #a12f7565

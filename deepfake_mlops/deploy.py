@@ -1,4 +1,4 @@
-"""The newest approved model package of a group, on a real-time SageMaker endpoint per stage, with data capture.
+"""The newest approved model package on a real-time and an asynchronous SageMaker endpoint per stage, and a client for both.
 
 Docs: https://deepfake-mlops.github.io/deepfake-mlops/deploy.html.md"""
 
@@ -6,19 +6,24 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/deploy.html.md"""
 
 # %% ../nbs/19_deploy.ipynb #efe46231
 from __future__ import annotations
-import hashlib, json, os, re
+import hashlib, json, os, re, time, uuid
+from pathlib import Path
+
+from .core import ASYNC_MAX_BODY, ASYNC_TIMEOUT_S, Range, check_setting, serving_environment
 
 # %% auto #0
-__all__ = ['DEFAULT_GROUP', 'STAGES', 'NoApprovedModel', 'approved_packages', 'newest_approved', 'capture_uri', 'deployment_plan',
-           'deploy']
+__all__ = ['DEFAULT_GROUP', 'STAGES', 'REALTIME_REQUEST_MAX', 'NoApprovedModel', 'approved_packages', 'newest_approved',
+           'capture_uri', 'async_inference_config', 'deployment_plan', 'deploy', 'content_type',
+           'endpoint_async_config', 'predict_async', 'predict_realtime', 'predict_endpoint']
 
 # %% ../nbs/19_deploy.ipynb #5ea04d34
 DEFAULT_GROUP = "deepfake-detection"
 
-# what each stage runs on; the only place these numbers live
+# what each stage runs on; the only place these numbers live. async_concurrency: the videos an asynchronous
+# instance decodes and scores at once (about one per 4 vCPUs: decoding and the forward pass each keep cores busy)
 STAGES = {
-    "staging": dict(instance_type="ml.m5.large", instance_count=1, capture_percent=100),
-    "prod": dict(instance_type="ml.c5.2xlarge", instance_count=2, capture_percent=20),
+    "staging": dict(instance_type="ml.m5.large", instance_count=1, capture_percent=100, async_concurrency=1),
+    "prod": dict(instance_type="ml.c5.2xlarge", instance_count=2, capture_percent=20, async_concurrency=2),
 }
 
 # %% ../nbs/19_deploy.ipynb #4974b84d
@@ -73,21 +78,44 @@ def capture_uri(bucket:str, group:str=DEFAULT_GROUP) -> str:
         raise ValueError(f"--bucket {bucket!r} is not an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens)")
     return f"s3://{bucket}/{group}/data-capture"
 
+def _check_s3(what, uri):
+    "Refuse, naming it, an S3 location that is not s3://BUCKET[/PREFIX]."
+    bucket = (uri or "").removeprefix("s3://").split("/")[0]
+    if not (uri or "").startswith("s3://") or not _BUCKET.match(bucket):
+        raise ValueError(f"{what} {uri!r} is not an S3 URI (s3://bucket/prefix)")
+
 def _check(stage, role, capture_s3_uri):
     "Refuse, naming the argument, what SageMaker would refuse later."
     if stage not in STAGES: raise ValueError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
     if not _ROLE.match(role or ""):
         raise ValueError(f"role {role!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME): "
                          "pass --role or set SAGEMAKER_EXECUTION_ROLE_ARN")
-    bucket = (capture_s3_uri or "").removeprefix("s3://").split("/")[0]
-    if not (capture_s3_uri or "").startswith("s3://") or not _BUCKET.match(bucket):
-        raise ValueError(f"data capture destination {capture_s3_uri!r} is not an S3 URI (s3://bucket/prefix)")
+    _check_s3("data capture destination", capture_s3_uri)
+
+# %% ../nbs/19_deploy.ipynb #d19acfg1
+_CONCURRENCY = Range(1, 1000, integer=True)  # MaxConcurrentInvocationsPerInstance
+
+def async_inference_config(output_s3_uri:str, # S3 prefix SageMaker writes each answer under
+                           failure_s3_uri:str|None=None, # S3 prefix for failed requests' errors (default OUTPUT/failures)
+                           max_concurrent:int=1, # requests an instance works on at once
+                          ) -> dict:
+    "The `AsyncInferenceConfig` of an endpoint configuration, its locations and concurrency checked."
+    _check_s3("asynchronous output destination (--output-s3-uri)", output_s3_uri)
+    failure_s3_uri = failure_s3_uri or f"{output_s3_uri.rstrip('/')}/failures"
+    _check_s3("asynchronous failure destination (--failure-s3-uri)", failure_s3_uri)
+    check_setting("max_concurrent (--max-concurrent-invocations)", max_concurrent, _CONCURRENCY)
+    return {"OutputConfig": {"S3OutputPath": output_s3_uri, "S3FailurePath": failure_s3_uri},
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": max_concurrent}}
+
+# %% ../nbs/19_deploy.ipynb #d19aplan
+_HOSTING = ("instance_type", "instance_count", "capture_percent")  # the stage settings a real-time endpoint uses
 
 def deployment_plan(package:dict, # a model package summary (see `newest_approved`)
                     stage:str, # a key of `STAGES`
                     role:str, # IAM role ARN the model runs as
                     capture_s3_uri:str, # S3 prefix for captured requests and answers
                     group:str=DEFAULT_GROUP,
+                    asynchronous:dict|None=None, # an `async_inference_config`: plan the asynchronous endpoint
                    ) -> dict:
     "Names and requests of the model, endpoint configuration and endpoint for `package` on `stage`."
     _check(stage, role, capture_s3_uri)
@@ -95,15 +123,20 @@ def deployment_plan(package:dict, # a model package summary (see `newest_approve
     capture = dict(EnableCapture=True, InitialSamplingPercentage=s["capture_percent"], DestinationS3Uri=capture_s3_uri,
                    CaptureOptions=[{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
                    CaptureContentTypeHeader={"JsonContentTypes": ["application/json"]})
-    digest = hashlib.sha256(json.dumps([arn, role, s, capture], sort_keys=True).encode()).hexdigest()[:8]
-    name = _name(group, f"-{stage}-v{version}-{digest}")
-    return dict(
-        stage=stage, package_arn=arn, package_version=version, endpoint=_name(group, f"-{stage}"),
-        model=dict(ModelName=name, ExecutionRoleArn=role, PrimaryContainer={"ModelPackageName": arn}),
-        endpoint_config=dict(EndpointConfigName=name, DataCaptureConfig=capture, ProductionVariants=[dict(
-            VariantName="AllTraffic", ModelName=name, InitialInstanceCount=s["instance_count"],
-            InstanceType=s["instance_type"], InitialVariantWeight=1.0)]),
-    )
+    container, kind = {"ModelPackageName": arn}, f"-{stage}"
+    named_by = [arn, role, {k: s[k] for k in _HOSTING}, capture]
+    if asynchronous is not None:
+        container["Environment"] = serving_environment(max_body=ASYNC_MAX_BODY, timeout_s=ASYNC_TIMEOUT_S)
+        named_by, kind = named_by + [container["Environment"], asynchronous], f"-{stage}-async"
+    digest = hashlib.sha256(json.dumps(named_by, sort_keys=True).encode()).hexdigest()[:8]
+    name = _name(group, f"{kind}-v{version}-{digest}")
+    config = dict(EndpointConfigName=name, DataCaptureConfig=capture, ProductionVariants=[dict(
+        VariantName="AllTraffic", ModelName=name, InitialInstanceCount=s["instance_count"],
+        InstanceType=s["instance_type"], InitialVariantWeight=1.0)])
+    if asynchronous is not None: config["AsyncInferenceConfig"] = asynchronous
+    return dict(stage=stage, package_arn=arn, package_version=version, endpoint=_name(group, kind),
+                asynchronous=asynchronous is not None,
+                model=dict(ModelName=name, ExecutionRoleArn=role, PrimaryContainer=container), endpoint_config=config)
 
 # %% ../nbs/19_deploy.ipynb #c2206a46
 def _exists(describe, **name) -> dict|None:
@@ -114,6 +147,32 @@ def _exists(describe, **name) -> dict|None:
         if e.response["Error"]["Code"] == "ValidationException" and "Could not find" in e.response["Error"]["Message"]: return None
         raise
 
+def _aws(service:str, region:str|None):
+    "A boto3 client of `service` for `region` (default: $AWS_REGION, then $AWS_DEFAULT_REGION)."
+    import boto3
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region: raise ValueError("no AWS region: pass --region or set AWS_REGION")
+    return boto3.client(service, region_name=region)
+
+def _asynchronous(stage, asynchronous, output_s3_uri, failure_s3_uri, max_concurrent) -> dict|None:
+    "The `AsyncInferenceConfig` that `deploy`'s arguments ask for, or None for the real-time endpoint."
+    if not asynchronous:
+        given = [name for name, value in [("output_s3_uri (--output-s3-uri)", output_s3_uri),
+                                          ("failure_s3_uri (--failure-s3-uri)", failure_s3_uri),
+                                          ("max_concurrent (--max-concurrent-invocations)", max_concurrent)] if value is not None]
+        if given: raise ValueError(f"{', '.join(given)}: only for an asynchronous endpoint; pass asynchronous=True (--async) too")
+        return None
+    if output_s3_uri is None:
+        raise ValueError("an asynchronous endpoint needs output_s3_uri (--output-s3-uri s3://BUCKET/PREFIX): "
+                         "where SageMaker writes each answer")
+    concurrency = STAGES[stage]["async_concurrency"] if max_concurrent is None else max_concurrent
+    return async_inference_config(output_s3_uri, failure_s3_uri, concurrency)
+
+def _model_step(model:dict, arn:str) -> str:
+    "What creating `model` does, with its container environment when it has one."
+    env = " ".join(f"{k}={v}" for k, v in model["PrimaryContainer"].get("Environment", {}).items())
+    return f"create model {model['ModelName']} from {arn}" + (f" with {env}" if env else "")
+
 def deploy(stage:str, # "staging" or "prod" (see `STAGES`)
            role:str|None, # IAM role ARN the model runs as (default: $SAGEMAKER_EXECUTION_ROLE_ARN)
            capture_s3_uri:str, # S3 prefix for data capture
@@ -122,24 +181,25 @@ def deploy(stage:str, # "staging" or "prod" (see `STAGES`)
            client=None, # a boto3 SageMaker client (default: one for `region`)
            dry_run:bool=False, # only read, and say what would be done
            wait:bool=False, # wait until the endpoint is InService
+           asynchronous:bool=False, # the stage's asynchronous endpoint GROUP-STAGE-async, not the real-time one
+           output_s3_uri:str|None=None, # asynchronous: S3 prefix for the answers
+           failure_s3_uri:str|None=None, # asynchronous: S3 prefix for failed requests' errors (default OUTPUT/failures)
+           max_concurrent:int|None=None, # asynchronous: requests an instance works on at once (default: the stage's)
           ) -> dict:
     "Deploy the newest Approved package of `group` to the stage's endpoint; returns the plan and what was done."
     role = role or os.environ.get("SAGEMAKER_EXECUTION_ROLE_ARN")
-    _check(stage, role, capture_s3_uri)  # before any AWS call
-    if client is None:
-        import boto3
-        region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if not region: raise ValueError("no AWS region: pass --region or set AWS_REGION")
-        client = boto3.client("sagemaker", region_name=region)
+    _check(stage, role, capture_s3_uri)  # before any AWS call, like the next line
+    async_config = _asynchronous(stage, asynchronous, output_s3_uri, failure_s3_uri, max_concurrent)
+    if client is None: client = _aws("sagemaker", region)
     package = newest_approved(client, group)
-    plan = deployment_plan(package, stage, role, capture_s3_uri, group)
+    plan = deployment_plan(package, stage, role, capture_s3_uri, group, asynchronous=async_config)
     done = plan | dict(region=client.meta.region_name, dry_run=dry_run, steps=[])
     def step(what, call=None, **request):
         done["steps"].append(what)
         if not dry_run and call is not None: call(**request)
     model, config, endpoint = plan["model"], plan["endpoint_config"], plan["endpoint"]
     if _exists(client.describe_model, ModelName=model["ModelName"]): done["steps"].append(f"model {model['ModelName']} exists")
-    else: step(f"create model {model['ModelName']} from {plan['package_arn']}", client.create_model, **model)
+    else: step(_model_step(model, plan["package_arn"]), client.create_model, **model)
     if _exists(client.describe_endpoint_config, EndpointConfigName=config["EndpointConfigName"]):
         done["steps"].append(f"endpoint config {config['EndpointConfigName']} exists")
     else: step(f"create endpoint config {config['EndpointConfigName']}", client.create_endpoint_config, **config)
@@ -163,3 +223,180 @@ def deploy(stage:str, # "staging" or "prod" (see `STAGES`)
     if wait and not dry_run and done["action"] != "unchanged":
         client.get_waiter("endpoint_in_service").wait(EndpointName=endpoint)
     return done
+
+# %% ../nbs/19_deploy.ipynb #d19aclt1
+REALTIME_REQUEST_MAX = 6 * 1024 * 1024  # InvokeEndpoint's largest request body (6,291,456 bytes)
+_VIDEO_TYPES = {".mp4": "video/mp4", ".mov": "video/quicktime", ".webm": "video/webm", ".mkv": "video/x-matroska",
+                ".avi": "video/x-msvideo"}
+
+def content_type(video:str|Path) -> str:
+    "The content type to send `video` as, from its extension (application/octet-stream, read as a video too, when unknown)."
+    return _VIDEO_TYPES.get(Path(video).suffix.lower(), "application/octet-stream")
+
+def _videos(videos) -> list[Path]:
+    "The video files as paths; a missing one is refused before any request."
+    paths = [Path(v) for v in videos]
+    for path in paths:
+        if not path.is_file(): raise ValueError(f"{path}: no such video file")
+    return paths
+
+# %% ../nbs/19_deploy.ipynb #d19aknd2
+_SERVING = ("InService", "Updating")  # an endpoint being updated still answers
+
+def endpoint_async_config(sagemaker, # a boto3 SageMaker client
+                          endpoint:str, # endpoint name
+                         ) -> dict|None:
+    "The `AsyncInferenceConfig` of the configuration `endpoint` runs, or None for a real-time endpoint."
+    live = _exists(sagemaker.describe_endpoint, EndpointName=endpoint)
+    region = sagemaker.meta.region_name
+    if live is None:
+        raise ValueError(f"endpoint {endpoint!r} not found in region {region}: deploy it first (deepfake-mlops deploy)")
+    if live["EndpointStatus"] not in _SERVING:
+        raise ValueError(f"endpoint {endpoint!r} is {live['EndpointStatus']}, not InService: wait for it, or deploy again")
+    return sagemaker.describe_endpoint_config(EndpointConfigName=live["EndpointConfigName"]).get("AsyncInferenceConfig")
+
+# %% ../nbs/19_deploy.ipynb #d19aasy2
+def _split(uri:str) -> tuple[str, str]:
+    "Bucket and key (or prefix) of an s3:// URI."
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+def _submit(runtime, s3, endpoint:str, video:Path, input_s3_uri:str) -> dict:
+    "Upload `video` under `input_s3_uri` and queue it on `endpoint`: its request id and where the answer will be."
+    size = video.stat().st_size
+    if size > ASYNC_MAX_BODY:
+        raise ValueError(f"{size} bytes, over the {ASYNC_MAX_BODY}-byte (1 GB) limit of an asynchronous endpoint")
+    inference_id = uuid.uuid4().hex
+    bucket, prefix = _split(input_s3_uri)
+    key = "/".join(part for part in (prefix.strip("/"), inference_id, video.name) if part)
+    kind = content_type(video)
+    s3.upload_file(str(video), bucket, key, ExtraArgs={"ContentType": kind})  # multipart past 8 MB
+    # the container may take an hour (core.ASYNC_TIMEOUT_S); SageMaker's own default per request is 15 minutes
+    queued = runtime.invoke_endpoint_async(EndpointName=endpoint, InputLocation=f"s3://{bucket}/{key}", ContentType=kind,
+                                           Accept="application/json", InferenceId=inference_id,
+                                           InvocationTimeoutSeconds=ASYNC_TIMEOUT_S)
+    return dict(video=str(video), inference_id=queued.get("InferenceId", inference_id), input_location=f"s3://{bucket}/{key}",
+                output_location=queued["OutputLocation"], failure_location=queued.get("FailureLocation"))
+
+# %% ../nbs/19_deploy.ipynb #d19aasy3
+def _s3_text(s3, uri:str) -> str|None:
+    "The text of the S3 object `uri`, or None while there is none."
+    from botocore.exceptions import ClientError
+    bucket, key = _split(uri)
+    try: return s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", "replace")
+    except ClientError as e:
+        if e.response["Error"]["Code"] in ("NoSuchKey", "404"): return None
+        raise
+
+def _verdict(video:str, text:str, where:str) -> dict:
+    "The result row of an answer: its verdict, or, when the answer is not one, an error naming where it came from."
+    try: answer = json.loads(text)
+    except json.JSONDecodeError: answer = None
+    if not isinstance(answer, dict) or not {"label", "probability"} <= set(answer):
+        return dict(video=video, error=f"the answer at {where} is not a verdict: {text[:200]!r}")
+    return dict(video=video, **answer)
+
+def _answer(s3, queued:dict) -> dict|None:
+    "The result row of a queued video once its answer or its failure is in S3; None while neither is."
+    ids = {k: queued[k] for k in ("inference_id", "output_location")}
+    text = _s3_text(s3, queued["output_location"])
+    if text is not None: return _verdict(queued["video"], text, queued["output_location"]) | ids
+    if queued["failure_location"] is None: return None
+    text = _s3_text(s3, queued["failure_location"])
+    if text is None: return None
+    error = text.strip() or f"failed (empty failure object {queued['failure_location']})"
+    return dict(video=queued["video"], error=error, **ids)
+
+def _unanswered(queued:dict, wait_s:float) -> dict:
+    "The result row of a video whose answer did not come within the wait: where to look for it later."
+    later = queued["output_location"]
+    if queued["failure_location"]: later += f" (or its failure at {queued['failure_location']})"
+    return dict(video=queued["video"], error=f"no answer within {wait_s:g} s: it will be at {later}",
+                pending=True, inference_id=queued["inference_id"], output_location=queued["output_location"])
+
+# %% ../nbs/19_deploy.ipynb #d19aasy4
+def predict_async(endpoint:str, # an asynchronous endpoint's name
+                  videos:list, # video files
+                  input_s3_uri:str, # S3 prefix the videos are uploaded under (the endpoint's role must read it)
+                  runtime=None, # a boto3 sagemaker-runtime client (default: one for `region`)
+                  s3=None, # a boto3 S3 client (default: one for `region`)
+                  wait_s:float=900, # how long to wait for the answers, all together
+                  poll_s:float=5, # seconds between looks in S3
+                  region:str|None=None, # AWS region of the default clients (default: $AWS_REGION, then $AWS_DEFAULT_REGION)
+                  say=None, # called with a line per queued video (default: silent)
+                 ) -> list[dict]:
+    "Verdicts of an asynchronous endpoint on `videos`, in order; a video that failed or is still unanswered has an `error`."
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+    _check_s3("input prefix (--input-s3-uri)", input_s3_uri)
+    videos = _videos(videos)
+    runtime = runtime if runtime is not None else _aws("sagemaker-runtime", region)
+    s3 = s3 if s3 is not None else _aws("s3", region)
+    results, waiting = [None] * len(videos), {}
+    for i, video in enumerate(videos):
+        try: waiting[i] = _submit(runtime, s3, endpoint, video, input_s3_uri)
+        except (OSError, ValueError, ClientError, S3UploadFailedError) as e: results[i] = dict(video=str(video), error=str(e))
+        else:
+            if say: say(f"queued {video} as {waiting[i]['inference_id']}: answer at {waiting[i]['output_location']}")
+    deadline = time.monotonic() + wait_s
+    while waiting:
+        for i, queued in list(waiting.items()):
+            try: results[i] = _answer(s3, queued)
+            except ClientError as e: results[i] = dict(video=queued["video"], error=f"reading its answer: {e}")
+            if results[i] is not None: del waiting[i]
+        if not waiting or time.monotonic() >= deadline: break
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+    for i, queued in waiting.items(): results[i] = _unanswered(queued, wait_s)
+    return results
+
+# %% ../nbs/19_deploy.ipynb #d19artm1
+def predict_realtime(endpoint:str, # a real-time endpoint's name
+                     videos:list, # video files, each under 6 MB
+                     runtime=None, # a boto3 sagemaker-runtime client (default: one for `region`)
+                     region:str|None=None, # AWS region of the default client
+                    ) -> list[dict]:
+    "Verdicts of a real-time endpoint on `videos`, each sent as the request body; a video it cannot judge has an `error`."
+    from botocore.exceptions import ClientError
+    videos = _videos(videos)
+    runtime = runtime if runtime is not None else _aws("sagemaker-runtime", region)
+    results = []
+    for video in videos:
+        size = video.stat().st_size
+        if size > REALTIME_REQUEST_MAX:
+            results.append(dict(video=str(video), error=f"{size} bytes, over the {REALTIME_REQUEST_MAX}-byte (6 MB) request limit "
+                                f"of a real-time endpoint: ask the asynchronous endpoint (deploy --async), or upload the video "
+                                f'to S3 and send {{"s3_uri": "s3://BUCKET/KEY"}} as application/json'))
+            continue
+        try:
+            answer = runtime.invoke_endpoint(EndpointName=endpoint, Body=video.read_bytes(), ContentType=content_type(video),
+                                             Accept="application/json")
+        except ClientError as e:
+            results.append(dict(video=str(video), error=e.response["Error"].get("Message") or str(e)))
+            continue
+        results.append(_verdict(str(video), answer["Body"].read().decode("utf-8", "replace"), f"endpoint {endpoint}"))
+    return results
+
+# %% ../nbs/19_deploy.ipynb #d19adsp1
+def predict_endpoint(endpoint:str, # endpoint name (GROUP-STAGE or GROUP-STAGE-async)
+                     videos:list, # video files
+                     input_s3_uri:str|None=None, # asynchronous endpoints: S3 prefix the videos are uploaded under
+                     region:str|None=None, # AWS region (default: $AWS_REGION, then $AWS_DEFAULT_REGION)
+                     sagemaker=None, # a boto3 SageMaker client (default: one for `region`)
+                     runtime=None, # a boto3 sagemaker-runtime client (default: one for `region`)
+                     s3=None, # a boto3 S3 client (default: one for `region`)
+                     wait_s:float=900, # asynchronous: how long to wait for the answers
+                     poll_s:float=5, # asynchronous: seconds between looks in S3
+                     say=None, # asynchronous: called with a line per queued video
+                    ) -> list[dict]:
+    "Verdicts of a deployed endpoint on `videos`: through S3 when it is asynchronous, in the request when it is real-time."
+    videos = _videos(videos)  # the arguments first, then AWS
+    if input_s3_uri is not None: _check_s3("input prefix (--input-s3-uri)", input_s3_uri)
+    sagemaker = sagemaker if sagemaker is not None else _aws("sagemaker", region)
+    region = sagemaker.meta.region_name
+    if endpoint_async_config(sagemaker, endpoint) is None:
+        return predict_realtime(endpoint, videos, runtime=runtime, region=region)
+    if input_s3_uri is None:
+        raise ValueError(f"endpoint {endpoint!r} is asynchronous: pass input_s3_uri (--input-s3-uri s3://BUCKET/PREFIX), "
+                         "where the videos are uploaded for it to read")
+    return predict_async(endpoint, videos, input_s3_uri, runtime=runtime, s3=s3, wait_s=wait_s, poll_s=poll_s,
+                         region=region, say=say)

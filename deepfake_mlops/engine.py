@@ -231,8 +231,11 @@ class _Done:
 # %% ../nbs/17_engine.ipynb #2708006e
 class LocalEngine:
     "Runs pipeline definitions locally: `root/store` (S3), `root/executions` (work folders, logs), `root/engine.db`, `root/registry.db`."
-    def __init__(self, root:str|Path):
+    def __init__(self, root:str|Path,
+                 runtime=None, # a `runtime.Runtime`: jobs run in SageMaker's toolkits and torch (default: in this environment)
+                ):
         self.root = Path(root).resolve()
+        self.runtime = runtime
         self.store = Store(self.root/"store")
         self.registry = Registry(self.root/"registry.db")
         self.db = self.root/"engine.db"
@@ -337,7 +340,7 @@ class LocalEngine:
         "A Processing or Training step: from the cache when the same job succeeded within ExpireAfter, else run."
         name = step["Name"]
         args = ctx.resolve(step.get("Arguments", {}))
-        key = cache_key(step, args, self.store)
+        key = cache_key(step, args, self.store, self.runtime.name if self.runtime else "")
         cache = step.get("CacheConfig", {})
         found = None
         if use_cache and cache.get("Enabled"):
@@ -347,10 +350,15 @@ class LocalEngine:
         eid = ctx.execution["PipelineExecutionId"]
         _record_key(self.db, eid, step, key)
         if step["Type"] == "Processing":
-            props = run_processing(name, args, self.store, work, echo=log)
-        else:  # same key, same arguments: the checkpoints of a killed attempt fit this one
-            previous = _unfinished_attempt(self.db, self.root, step, key, eid)
+            python = str(self.runtime.python) if self.runtime else None  # the image's python3
+            return _Done(run_processing(name, args, self.store, work, echo=log, python=python), "", key, False, str(work))
+        previous = _unfinished_attempt(self.db, self.root, step, key, eid)  # same key: its checkpoints fit this attempt
+        if self.runtime is None:
             props = run_training(name, args, self.store, work, f"{name}-{eid}", echo=log, checkpoints_from=previous)
+        else:
+            from deepfake_mlops.runtime import run_toolkit_training
+            props = run_toolkit_training(name, args, self.store, work, f"{name}-{eid}", self.runtime, echo=log,
+                                         checkpoints_from=previous)
         return _Done(props, "", key, False, str(work))
 
     def _register(self, name:str, args:dict, ctx:Context) -> dict:

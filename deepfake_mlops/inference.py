@@ -23,7 +23,7 @@ from .model import load_model, normalize
 
 # %% auto #0
 __all__ = ['HANDLER', 'fuse_batchnorm', 'DeepfakeDetector', 'NoFaceError', 'package_model', 'safe_extract', 'unpacked',
-           'ServeLimits', 'RequestError', 'model_fn', 'input_fn', 'predict_fn', 'output_fn']
+           'ServeLimits', 'RequestError', 'model_fn', 'input_fn', 'predict_fn', 'output_fn', 'transform_fn']
 
 # %% ../nbs/11_inference.ipynb #78e19aa4
 def fuse_batchnorm(module:torch.nn.Module) -> torch.nn.Module:
@@ -110,7 +110,9 @@ class DeepfakeDetector:
     def predict_video(self, path:str|Path) -> dict:
         "Verdict for a video file: label, fake probability, and per-frame scores."
         # closing: an error while scoring stops the decoder thread at once, not when the traceback is freed
-        with contextlib.closing(prefetch(iter_frames(path, self.frames, lazy=True))) as frames:
+        # converted to RGB in the decoder thread: converting in this one while the decoder went on (`lazy=True`, 9%
+        # faster) hung now and then under torch 2.6, the SageMaker container's, and never under the torch pinned here
+        with contextlib.closing(prefetch(iter_frames(path, self.frames))) as frames:
             looked = self._look(frames)
         return self._verdict(*looked, "sampled frames")
 
@@ -122,8 +124,9 @@ class NoFaceError(ValueError):
     "The input showed no face, so there is nothing to judge."
 
 # %% ../nbs/11_inference.ipynb #36193031
+# the toolkit takes either transform_fn or the three steps, not both; transform_fn answers refused requests itself
 HANDLER = '''"""SageMaker inference handler: the functions come from the deepfake-mlops package."""
-from deepfake_mlops.inference import input_fn, model_fn, output_fn, predict_fn  # noqa: F401
+from deepfake_mlops.inference import model_fn, transform_fn  # noqa: F401
 '''
 
 def package_model(model_dir:str|Path, # a trained model folder
@@ -185,7 +188,7 @@ def unpacked(model:str|Path): # a model folder or a model.tar.gz
             raise ValueError(str(e).replace(folder + os.sep, f"{model}: ").replace(folder, str(model))) from None
 
 # %% ../nbs/11_inference.ipynb #6e2e4646
-from .core import Range, check_setting
+from .core import REALTIME_MAX_BODY, Range, check_setting
 
 # the numeric limits, checked as every setting is (`core.check_setting`)
 _NUMERIC = dict(max_body=Range(1, 1 << 40, integer=True), read_timeout=Range(0.05, 3600),
@@ -196,7 +199,7 @@ def _where(name): return f"serve --{name.replace('_', '-')} or DEEPFAKE_MLOPS_{n
 @dataclass(frozen=True)
 class ServeLimits:
     "What a model server accepts, set by `serve` options or by DEEPFAKE_MLOPS_<FIELD> variables (`from_env`)."
-    max_body:int = 200 * 1024 * 1024  # bytes of one request body
+    max_body:int = REALTIME_MAX_BODY  # bytes of one request body
     read_timeout:float = 30.0  # seconds one socket read may wait for the client
     max_connections:int = 32  # connections served at once; the next ones are answered 503
     allow_paths:Path|None = None  # folder whose files {"path": ...} may name (None: no local files)
@@ -297,6 +300,7 @@ def input_fn(body:bytes, content_type:str, context=None,
             ):
     "Decode a request: a video (kept as a temporary file), an image (RGB array) or JSON naming a path or S3 URI."
     limits = limits or ServeLimits.from_env()
+    if isinstance(body, str): body = body.encode()  # the SageMaker toolkit hands JSON bodies over decoded
     kind = (content_type or "").split(";")[0].strip().lower()
     if len(body) > limits.max_body:
         raise RequestError(413, f"request body of {len(body)} bytes is over the {limits.max_body}-byte limit")
@@ -325,3 +329,17 @@ def predict_fn(data, model:DeepfakeDetector, context=None) -> dict:
 def output_fn(prediction:dict, accept:str="application/json", context=None):
     "JSON, whatever the Accept header (it is the only format)."
     return json.dumps(prediction), "application/json"
+
+def transform_fn(model:DeepfakeDetector, body, content_type:str, accept:str, context=None):
+    "The whole answer for the SageMaker inference toolkit: a refused request gets its status and a one-line JSON error."
+    # the toolkit answers an exception with its message and the traceback; its own error type carries a status,
+    # but the traceback still follows the message, so the status is set on TorchServe's context here instead
+    import http, sys, traceback
+    try: return output_fn(predict_fn(input_fn(body, content_type), model), accept)
+    except RequestError as e: status, message = e.status, str(e)
+    except Exception:
+        traceback.print_exc(file=sys.stderr)  # into the model server's log, for the operator
+        status, message = 500, "internal server error; the model server's log has the details"
+    if context is None: raise RequestError(status, message)
+    context.set_response_status(code=status, phrase=http.HTTPStatus(status).phrase)
+    return json.dumps({"error": message}), "application/json"

@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/jobs.html.md"""
 
 # %% ../nbs/15_jobs.ipynb #2e51f779
 from __future__ import annotations
-import ctypes, hashlib, json, os, queue, re, shutil, signal, subprocess, sys, tarfile, threading, time
+import contextlib, ctypes, hashlib, json, os, queue, re, shutil, signal, subprocess, sys, tarfile, threading, time
 from pathlib import Path
 
 from .core import atomic_path, atomic_write_bytes
@@ -82,12 +82,12 @@ def _link_input(src:Path, dest:Path, shard:tuple[int, int]|None=None):
         target.symlink_to(p.resolve())
     dest.mkdir(parents=True, exist_ok=True)
 
-def _command(argv:list[str], root:Path) -> list[str]:
-    "The container command for this machine: `python3` is this interpreter, container paths lie under `root`."
+def _command(argv:list[str], root:Path, python:str|None=None) -> list[str]:
+    "The container command for this machine: `python3` is `python` (default: this interpreter), container paths lie under `root`."
     out = []
     for a in argv:
         a = str(a)
-        if a in ("python", "python3"): a = sys.executable
+        if a in ("python", "python3"): a = python or sys.executable
         elif a.startswith(CONTAINER_ML + "/"): a = str(_local(root, a))
         out.append(a)
     return out
@@ -131,13 +131,21 @@ def _die_with(parent:int):
         if os.getppid() != parent: os._exit(1)  # the engine died before the request took effect
     return arm
 
-def _start(cmd:list[str], env:dict, cwd:Path, log:Path, lines:queue.Queue, label:str) -> subprocess.Popen:
+class _Session(subprocess.Popen):
+    "A job started in a session of its own: stopping it signals every process in it (a toolkit's torchrun and its ranks)."
+    def send_signal(self, sig):
+        if self.returncode is None and self.poll() is None:
+            with contextlib.suppress(ProcessLookupError): os.killpg(self.pid, sig)
+
+def _start(cmd:list[str], env:dict, cwd:Path, log:Path, lines:queue.Queue, label:str,
+           session:bool=False, # True: in a session of its own, for a job that starts processes of its own
+          ) -> subprocess.Popen:
     "Start a job process, its command line first in its log; a thread follows its output."
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(f"$ {' '.join(cmd)}\n".encode())
     # SIGTERM, not SIGKILL: a job stops its own workers on SIGTERM (the extraction pool, torchrun's ranks)
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with(os.getpid()))
+    proc = (_Session if session else subprocess.Popen)(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                      preexec_fn=_die_with(os.getpid()), start_new_session=session)
     threading.Thread(target=_pump, args=(proc.stdout, log, lines, label), daemon=True).start()
     return proc
 
@@ -169,7 +177,8 @@ def _tail(log:Path, lines:int=3) -> str:
     return " | ".join(text[-lines:]) if text else "no output"
 
 # %% ../nbs/15_jobs.ipynb #5362a8a8
-def _start_instance(args:dict, store:Store, work:Path, hosts:list[str], i:int, lines:queue.Queue) -> subprocess.Popen:
+def _start_instance(args:dict, store:Store, work:Path, hosts:list[str], i:int, lines:queue.Queue,
+                    python:str|None=None) -> subprocess.Popen:
     "Lay out instance i's container folder (inputs, output folders, `resourceconfig.json`) and start its process."
     host = hosts[i]
     root = work/host
@@ -183,12 +192,13 @@ def _start_instance(args:dict, store:Store, work:Path, hosts:list[str], i:int, l
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps({"current_host": host, "hosts": hosts}))
     app = args["AppSpecification"]
-    cmd = _command(app.get("ContainerEntrypoint", []) + app.get("ContainerArguments", []), root)
+    cmd = _command(app.get("ContainerEntrypoint", []) + app.get("ContainerArguments", []), root, python)
     env = _job_env(root, {k: str(v) for k, v in args.get("Environment", {}).items()})
     return _start(cmd, env, root, work/f"{host}.log", lines, f"    [{host}] ")
 
 def run_processing(name:str, args:dict, store:Store, work:Path,
                    echo=None, # called with each line the job prints, as it prints it
+                   python:str|None=None, # the image's `python3`: another environment's interpreter (default: this one)
                   ) -> dict:
     "Run a resolved Processing step's job, one process per instance; returns its properties."
     count = int(args["ProcessingResources"]["ClusterConfig"]["InstanceCount"])
@@ -197,7 +207,7 @@ def run_processing(name:str, args:dict, store:Store, work:Path,
                                "a job needs at least 1 instance")
     hosts = [f"algo-{i + 1}" for i in range(count)]
     lines = queue.Queue()
-    procs = [_start_instance(args, store, work, hosts, i, lines) for i in range(count)]
+    procs = [_start_instance(args, store, work, hosts, i, lines, python) for i in range(count)]
     failed = [h for h, status in zip(hosts, _follow(procs, lines, echo)) if status != 0]
     if failed:
         log = work/f"{failed[0]}.log"
@@ -241,12 +251,15 @@ def _attribute(args:dict, path:str):
         args = args[part]
     return args
 
-def cache_key(step:dict, resolved:dict, store:Store) -> str:
+def cache_key(step:dict, resolved:dict, store:Store,
+              runtime:str="", # where the job runs, when not in this environment: a job's result depends on its torch
+             ) -> str:
     "The step's cache key: its type and the cache attributes of its resolved arguments, plus local inputs' content."
     keep = {k: _attribute(resolved, k) for k in _CACHE_ATTRIBUTES.get(step["Type"], [])}
     uris = re.findall(r'"S3Uri": "([^"]+)"', json.dumps(resolved))
     local = {u: _fingerprint(store.path(u)) for u in sorted(set(uris)) if not u.startswith("s3://") and store.path(u).exists()}
-    return hashlib.sha256(json.dumps([step["Type"], keep, local], sort_keys=True).encode()).hexdigest()
+    key = [step["Type"], keep, local] + ([runtime] if runtime else [])  # the default runtime keeps the keys it always had
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 # %% ../nbs/15_jobs.ipynb #debe65ac

@@ -70,11 +70,13 @@ def run_local(root:str|Path="runs/local", # engine folder: store, executions, en
               use_cache:bool=True,
               definition:dict|None=None, # a definition to run instead of the one `get_pipeline` builds
               log=print_line, # where progress goes: each step as it starts and ends, and the jobs' output
+              runtime:str|Path|None=None, # a SageMaker runtime environment (`make sagemaker-runtime`) to run the jobs in
              ) -> dict:
     "Run the pipeline on this machine; returns the execution record."
     from deepfake_mlops.manifest import read_manifest
     from deepfake_mlops.pipeline import parse_overrides
-    engine = LocalEngine(root)
+    from deepfake_mlops.runtime import find_runtime
+    engine = LocalEngine(root, find_runtime(runtime) if runtime else None)  # a missing runtime is said before any step
     built, code = local_definition()
     definition = definition or built
     params = parse_overrides(definition, overrides)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import CONTENT_TYPES, DEFAULTS, JSON_TYPE
+from .core import CONTENT_TYPES, DEFAULTS, JSON_TYPE, serving_environment
 # the readers of a definition live below this module (no SDK, no torch); callers also find them here
 from .definition import all_steps, check_parameter, parse_overrides, references, unresolved
 from .core import TrainConfig
@@ -235,9 +235,10 @@ def _register_step(b:_Build, model_package_group_name:str, model_data, step_eval
     from sagemaker.workflow.functions import Join
     from sagemaker.workflow.model_step import ModelStep
     s = b.settings
+    # the container environment travels with the package: TorchServe's request limit (6.5 MB unless raised) and the handler's
     model = PyTorchModel(model_data=model_data, role=b.role, image_uri=b.image("inference", s.inference_instances[0]),
                          framework_version=s.framework_version, py_version=s.py_version, sagemaker_session=b.session,
-                         code_location=b.uri("model-code"))
+                         code_location=b.uri("model-code"), env=serving_environment())
     eval_dir = step_eval.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri
     report = MetricsSource(content_type="application/json", s3_uri=Join(on="/", values=[eval_dir, "evaluation.json"]))
     args = model.register(content_types=list(s.content_types), response_types=list(s.response_types),

@@ -117,7 +117,14 @@ SERVING_REQUIREMENTS_EXCLUDE = {"torch", "torchvision", "boto3", "sagemaker"}
 
 def runtime_requirements() -> list[str]:
     "This package's install requirements, less the ones the SageMaker PyTorch containers already have."
-    reqs = importlib.metadata.requires("deepfake-mlops") or []
+    try: reqs = importlib.metadata.requires("deepfake-mlops") or []
+    except importlib.metadata.PackageNotFoundError:
+        # inside a SageMaker job the package is the source bundle's copy, not an installed distribution: the
+        # bundle's requirements.txt (written from the metadata when the bundle was made) is the list
+        bundled = Path(deepfake_mlops.__file__).parent.parent/"requirements.txt"
+        if not bundled.exists():
+            raise FileNotFoundError(f"deepfake-mlops is not installed and {bundled} (the source bundle's list) is missing") from None
+        return [line.strip() for line in bundled.read_text().splitlines() if line.strip()]
     keep = [r.split(";")[0].strip() for r in reqs if "extra ==" not in r]
     return sorted(r for r in keep if requirement_name(r).lower() not in SERVING_REQUIREMENTS_EXCLUDE)
 
