@@ -32,7 +32,7 @@ def ffpp_run_started(request, tmp_path_factory):
     "The FF++ engine run, started in the background as the session starts when a selected test needs it: (root, process, output file) or None."
     # its minute of work (mostly one process) overlaps the tests collected before tests/test_local_engine.py
     path = shared_datasets()
-    wanted = any("ffpp_run" in item.fixturenames for item in request.session.items)
+    wanted = any({"ffpp_run", "ffpp_run_started"} & set(item.fixturenames) for item in request.session.items)
     if not wanted or path is None or not (path/"ffpp").is_dir():
         yield None
         return
