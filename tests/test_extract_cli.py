@@ -21,8 +21,8 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 # ---------------------------------------------------------------------------------------------- CLI basics
 
 # every command the README documents, written out here rather than read from the parser
-SUBCOMMANDS = ["weights", "manifest", "extract", "train", "crossval", "evaluate", "predict", "serve", "deploy", "contact-sheet",
-               "demo", "pipeline", "run", "models", "executions"]
+SUBCOMMANDS = ["weights", "manifest", "extract", "train", "crossval", "evaluate", "predict", "serve", "deploy", "predict-endpoint",
+               "contact-sheet", "demo", "pipeline", "run", "serve-sagemaker", "models", "executions"]
 
 def test_help_lists_every_subcommand():
     proc = run_cli("--help")
