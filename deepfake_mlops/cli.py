@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/cli.html.md"""
 
 # %% ../nbs/20_cli.ipynb #dc387192
 from __future__ import annotations
-import argparse, json, os, sys
+import argparse, json, sys
 from pathlib import Path
 
 from .core import DEFAULTS, TrainConfig, add_options, from_options, local_root
@@ -144,8 +144,6 @@ def _evaluate(args):
     return 0
 
 # %% ../nbs/20_cli.ipynb #d58b07b0
-_model_location = model_location  # one rule for `predict`, `serve` and `serve-sagemaker` (cli_local)
-
 def _predict_parser(sub):
     p = sub.add_parser("predict", help="say whether videos are fake, with a trained model folder or model.tar.gz",
                        description="Sample frames, find the face, score it and average: prints a table (or JSON). "
@@ -172,7 +170,7 @@ def _predict(args):
     from deepfake_mlops.inference import DeepfakeDetector, NoFaceError, unpacked
     from deepfake_mlops.video import VideoError
     videos = _videos_in(args.videos)  # before the model loads: a wrong folder is said at once
-    model = _model_location(args.model, args.root)
+    model = model_location(args.model, args.root)
     with unpacked(model) as folder: detector = DeepfakeDetector(folder, args.device)  # loaded: the unpacked files can go
     results, failed = [], 0
     for video in videos:
@@ -224,7 +222,7 @@ def _serve(args):
     limits = ServeLimits.from_env(max_body=args.max_body, read_timeout=args.read_timeout,
                                   max_connections=args.max_connections, allow_paths=args.allow_paths,
                                   allow_s3=tuple(args.allow_s3) if args.allow_s3 else None)
-    model = _model_location(args.model, args.root)
+    model = model_location(args.model, args.root)
     server = serve(model, args.host, args.port, args.device, limits)
     print(f"serving {args.model} on http://{args.host}:{server.server_address[1]} (GET /ping, POST /invocations); Ctrl-C stops")
     try: threading.Event().wait()

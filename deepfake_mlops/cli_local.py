@@ -9,7 +9,7 @@ from __future__ import annotations
 import json, os, sys
 from pathlib import Path
 
-from .core import local_root
+from .core import REALTIME_MAX_BODY, local_root
 
 # %% auto #0
 __all__ = ['model_location', 'add_local_commands']
@@ -166,7 +166,7 @@ def _serve_sagemaker_parser(sub):
     p.add_argument("model", help="a model.tar.gz the pipeline trained (code/ inside), or a registry reference (GROUP:VERSION)")
     p.add_argument("--runtime", type=Path, default=None, help="the runtime environment (default $DEEPFAKE_MLOPS_SAGEMAKER_RUNTIME, then .venv-sagemaker)")
     p.add_argument("--port", type=int, default=8080, help="inference port (default %(default)s, SageMaker's)")
-    p.add_argument("--max-body", type=int, default=None, help="largest request body in bytes: TorchServe's limit and the handler's (default 200 MiB)")
+    p.add_argument("--max-body", type=int, default=REALTIME_MAX_BODY, help="largest request body in bytes: TorchServe's limit and the handler's (default 200 MiB)")
     p.add_argument("--workers", type=int, default=None, help="model workers (SAGEMAKER_MODEL_SERVER_WORKERS; default: one per CPU, as on an endpoint)")
     p.add_argument("--allow-s3", action="append", metavar="S3_PREFIX", help='s3://BUCKET/PREFIX whose objects {"s3_uri": ...} may name (repeatable)')
     _add_root(p)
@@ -174,15 +174,18 @@ def _serve_sagemaker_parser(sub):
 
 def _serve_sagemaker(args):
     import threading
-    from deepfake_mlops.core import REALTIME_MAX_BODY
+    from deepfake_mlops.core import Range, check_setting
     from deepfake_mlops.inference import ServeLimits
     from deepfake_mlops.runtime import find_runtime, serve_toolkit
-    ServeLimits(max_body=args.max_body or REALTIME_MAX_BODY, allow_s3=tuple(args.allow_s3 or ()))  # a bad value is said here
+    # a bad value is said here, before TorchServe starts
+    check_setting("--port", args.port, Range(1, 65535, integer=True))
+    if args.workers is not None: check_setting("--workers", args.workers, Range(1, 1024, integer=True))
+    ServeLimits(max_body=args.max_body, allow_s3=tuple(args.allow_s3 or ()))
     runtime = find_runtime(args.runtime)
     env = {"DEEPFAKE_MLOPS_ALLOW_S3": ",".join(args.allow_s3)} if args.allow_s3 else {}
-    if args.workers: env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(args.workers)
+    if args.workers is not None: env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(args.workers)
     print(f"starting TorchServe with the SageMaker inference toolkit ({runtime.name}); the first start installs the model's requirements")
-    with serve_toolkit(model_location(args.model, args.root), runtime, args.port, args.max_body or REALTIME_MAX_BODY,
+    with serve_toolkit(model_location(args.model, args.root), runtime, args.port, args.max_body,
                        environment=env) as server:
         print(f"serving {args.model} on {server.url} (GET /ping, POST /invocations); TorchServe's log: {server.root/'logs'}; Ctrl-C stops")
         try: threading.Event().wait()

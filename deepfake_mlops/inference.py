@@ -111,7 +111,7 @@ class DeepfakeDetector:
         "Verdict for a video file: label, fake probability, and per-frame scores."
         # closing: an error while scoring stops the decoder thread at once, not when the traceback is freed
         # converted to RGB in the decoder thread: converting in this one while the decoder went on (`lazy=True`, 9%
-        # faster) hung now and then under torch 2.6, the SageMaker container's, and never under the torch pinned here
+        # faster) hung now and then under torch 2.6, the SageMaker container's (not in 24 videos under torch 2.14)
         with contextlib.closing(prefetch(iter_frames(path, self.frames))) as frames:
             looked = self._look(frames)
         return self._verdict(*looked, "sampled frames")

@@ -134,7 +134,7 @@ def _die_with(parent:int):
 class _Session(subprocess.Popen):
     "A job started in a session of its own: stopping it signals every process in it (a toolkit's torchrun and its ranks)."
     def send_signal(self, sig):
-        if self.returncode is None and self.poll() is None:
+        if self.poll() is None:
             with contextlib.suppress(ProcessLookupError): os.killpg(self.pid, sig)
 
 def _start(cmd:list[str], env:dict, cwd:Path, log:Path, lines:queue.Queue, label:str,

@@ -6,8 +6,8 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/runtime.html.md"""
 
 # %% ../nbs/15a_runtime.ipynb #7832af09
 from __future__ import annotations
-import contextlib, json, os, queue, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.error, urllib.request
-from dataclasses import dataclass, field
+import contextlib, json, os, queue, shutil, signal, socket, subprocess, tempfile, time, urllib.error, urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from .core import REALTIME_MAX_BODY, REALTIME_TIMEOUT_S, serving_environment
@@ -195,7 +195,6 @@ def serve_toolkit(model:str|Path, # a model.tar.gz (or its unpacked folder) with
                           "SAGEMAKER_BIND_TO_PORT": str(port), "TS_INFERENCE_ADDRESS": url,
                           "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{_free_port()}",
                           "TS_METRICS_ADDRESS": f"http://127.0.0.1:{_free_port()}", **(environment or {})})
-    env.pop("DEEPFAKE_MLOPS_CONTAINER_ROOT")
     log = root/"server.log"
     with open(log, "wb") as out:  # its own session: stopping the server reaches TorchServe's Java and its workers
         proc = subprocess.Popen([str(runtime.python), "-c", _STARTER], env=runtime.environment(env), cwd=root,
