@@ -56,7 +56,8 @@ run: install $(if $(RUNTIME),sagemaker-runtime,)
 	$(BIN)/jupyter nbconvert --to html --no-input --TemplateExporter.exclude_raw=True $(REPORT)/run_pipeline.ipynb >/dev/null 2>&1
 	@echo "report: $(REPORT)/run_pipeline.html"
 
-test: install pytest nbtest
+# every test, SageMaker's runtime included (tests/test_sagemaker_runtime.py skips without it)
+test: install sagemaker-runtime pytest nbtest
 
 pytest: install
 	$(BIN)/pytest
