@@ -10,6 +10,7 @@ import argparse, json, sys
 from pathlib import Path
 
 from .core import DEFAULTS, TrainConfig, add_options, from_options, local_root
+from .cli_deploy import add_deployment_commands
 from .cli_local import add_local_commands, model_location
 
 # %% auto #0
@@ -235,7 +236,7 @@ def _deploy_parser(sub):
                        description="Find the newest Approved version of the model package group, make a model and an "
                                    "endpoint configuration (the stage's instances, data capture to S3) from it, and create "
                                    "the endpoint GROUP-STAGE or update it in place. Exits 2 when nothing is approved.")
-    p.add_argument("--stage", required=True, choices=list(STAGES), help="settings per stage: deploy.STAGES")
+    p.add_argument("--stage", required=True, choices=list(STAGES), help="settings per stage: deepfake_mlops/infra/STAGE.json")
     p.add_argument("--group", default=DEFAULT_GROUP, help="model package group (default %(default)s)")
     p.add_argument("--role", help="IAM role ARN the model runs as (default $SAGEMAKER_EXECUTION_ROLE_ARN)")
     p.add_argument("--region", help="AWS region (default $AWS_REGION, then $AWS_DEFAULT_REGION)")
@@ -248,7 +249,7 @@ def _deploy_parser(sub):
     p.add_argument("--output-s3-uri", help="--async: S3 prefix SageMaker writes each answer under")
     p.add_argument("--failure-s3-uri", help="--async: S3 prefix for failed requests' errors (default OUTPUT/failures)")
     p.add_argument("--max-concurrent-invocations", type=_count(1, 1000),
-                   help="--async: requests an instance works on at once (default: the stage's async_concurrency, deploy.STAGES)")
+                   help="--async: requests an instance works on at once (default: the stage's async_concurrency in deepfake_mlops/infra/STAGE.json)")
     p.set_defaults(func=_deploy)
 
 def _deploy(args):
@@ -351,7 +352,8 @@ def _demo(args):
 
 # %% ../nbs/20_cli.ipynb #3d8fc3bc
 _PARSERS = (_weights_parser, _manifest_parser, _extract_parser, _train_parser, _crossval_parser, _evaluate_parser, _predict_parser,
-            _serve_parser, _deploy_parser, _predict_endpoint_parser, _contact_sheet_parser, _demo_parser, add_local_commands)
+            _serve_parser, _deploy_parser, _predict_endpoint_parser, _contact_sheet_parser, _demo_parser, add_local_commands,
+            add_deployment_commands)
 
 def build_parser() -> argparse.ArgumentParser:
     "The `deepfake-mlops` argument parser, one subparser per command."

@@ -90,6 +90,9 @@ def _models_parser(sub):
     p.add_argument("--status", default=None)
     p.add_argument("--note", default="", help="why (approve/reject); kept in the version's history")
     p.add_argument("--by", default=None, help="who approves or rejects (default: the login name)")
+    p.add_argument("--deploy", action="store_true",
+                   help="approve: then deploy the newest Approved version to the local staging endpoint, as an approval "
+                        "on AWS starts the deployment pipeline (`deepfake-mlops endpoints` tests and promotes it)")
     p.add_argument("--json", action="store_true")
     _add_root(p)
     p.set_defaults(func=_models)
@@ -106,10 +109,18 @@ def _models(args):
                          "(`deepfake-mlops models list` shows the versions)")
     try: record = reg.resolve(args.ref)
     except KeyError as e: raise ValueError(str(e).strip("'\"")) from None
+    if args.deploy and args.action != "approve": raise ValueError("--deploy goes with models approve")
     if args.action in ("approve", "reject"):
         record = reg.set_status(record["group_name"], record["version"], "Approved" if args.action == "approve" else "Rejected",
                                 args.note, args.by)
     print(json.dumps(record, indent=2))
+    if args.deploy:
+        from deepfake_mlops.local_endpoints import start_local_endpoint
+        try: start_local_endpoint(args.root, "staging", group=record["group_name"])
+        except RuntimeError as e:
+            print(f"deepfake-mlops models: approved, but staging was not deployed: {e}", file=sys.stderr)
+            return 2
+        print("next: deepfake-mlops endpoints test --stage staging --video SAMPLE.mp4, then deepfake-mlops endpoints promote")
     return 0
 
 def _list_models(reg, args):

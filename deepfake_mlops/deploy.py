@@ -7,24 +7,30 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/deploy.html.md"""
 # %% ../nbs/19_deploy.ipynb #efe46231
 from __future__ import annotations
 import hashlib, json, os, re, time, uuid
+from importlib.resources import files
 from pathlib import Path
 
 from .core import ASYNC_MAX_BODY, ASYNC_TIMEOUT_S, Range, check_setting, serving_environment
 
 # %% auto #0
-__all__ = ['DEFAULT_GROUP', 'STAGES', 'REALTIME_REQUEST_MAX', 'NoApprovedModel', 'approved_packages', 'newest_approved',
-           'capture_uri', 'async_inference_config', 'deployment_plan', 'deploy', 'content_type',
-           'endpoint_async_config', 'predict_async', 'predict_realtime', 'predict_endpoint']
+__all__ = ['DEFAULT_GROUP', 'STAGE_NAMES', 'STAGES', 'REALTIME_REQUEST_MAX', 'stage_settings', 'NoApprovedModel',
+           'approved_packages', 'newest_approved', 'capture_uri', 'async_inference_config', 'deployment_plan', 'deploy',
+           'content_type', 'endpoint_async_config', 'predict_async', 'predict_realtime', 'predict_endpoint']
 
 # %% ../nbs/19_deploy.ipynb #5ea04d34
 DEFAULT_GROUP = "deepfake-detection"
 
-# what each stage runs on; the only place these numbers live. async_concurrency: the videos an asynchronous
-# instance decodes and scores at once (about one per 4 vCPUs: decoding and the forward pass each keep cores busy)
-STAGES = {
-    "staging": dict(instance_type="ml.m5.large", instance_count=1, capture_percent=100, async_concurrency=1),
-    "prod": dict(instance_type="ml.c5.2xlarge", instance_count=2, capture_percent=20, async_concurrency=2),
-}
+# what each stage runs on lives in one file per stage, deepfake_mlops/infra/STAGE.json, which the endpoint stacks
+# read too (nbs/19b_stacks); async_concurrency there: the videos an asynchronous instance decodes and scores at
+# once (about one per 4 vCPUs: decoding and the forward pass each keep cores busy)
+STAGE_NAMES = ("staging", "prod")
+
+def stage_settings(stage:str) -> dict:
+    "The settings of `stage` from its file in the package (`deepfake_mlops/infra/STAGE.json`)."
+    if stage not in STAGE_NAMES: raise ValueError(f"stage {stage!r} is not one of {', '.join(STAGE_NAMES)}")
+    return json.loads((files("deepfake_mlops.infra")/f"{stage}.json").read_text())
+
+STAGES = {stage: stage_settings(stage) for stage in STAGE_NAMES}
 
 # %% ../nbs/19_deploy.ipynb #4974b84d
 class NoApprovedModel(ValueError):

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 import yaml
 
-from aws import REGION, ROLE, environ, moto_server
+from aws import REGION, ROLE, environ, moto_server, run_buildspec
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO/"nbs"/"run_pipeline.ipynb"
@@ -101,27 +101,13 @@ def test_bad_parameter_fails_the_run_with_a_readable_message(aws, tmp_path):
     assert "df-bad" not in names  # checked before anything was created
 
 
-def run_buildspec(env:dict, cwd:Path) -> tuple[bool, list[str]]:
-    "Run the buildspec's phases as CodeBuild does: stop at a failed install or build, but always run post_build."
-    spec = yaml.safe_load((REPO/"codebuild-buildspec.yml").read_text())
-    env = {**env, **{k: str(v) for k, v in spec.get("env", {}).get("variables", {}).items() if k not in env}}
-    ok, log = True, []
-    for phase in ("install", "pre_build", "build", "post_build"):
-        if not ok and phase != "post_build": continue
-        for cmd in spec["phases"].get(phase, {}).get("commands", []):
-            p = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-            log.append(f"[{phase}] $ {cmd}\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
-            if p.returncode != 0: ok = False; break
-    return ok, log
-
-
 def test_buildspec_runs_in_a_simulated_codebuild_environment(aws, tmp_path):
     spec = yaml.safe_load((REPO/"codebuild-buildspec.yml").read_text())
     assert spec["phases"]["install"]["runtime-versions"]["python"] == 3.11
     report = tmp_path/"pipeline-report"
     env = {**aws, "SAGEMAKER_PIPELINE_ROLE_ARN": ROLE, "SAGEMAKER_PROJECT_NAME": "cbproj", "SAGEMAKER_PROJECT_ID": "p-42",
            "ARTIFACT_BUCKET": BUCKET, "AWS_REGION": REGION, "REPORT_DIR": str(report), "CODEBUILD_BUILD_ID": "cbproj:1"}
-    ok, log = run_buildspec(env, REPO)
+    ok, log = run_buildspec(REPO/"codebuild-buildspec.yml", env, REPO)
     assert ok, "\n".join(log)
     assert (report/"run_pipeline.ipynb").exists() and (report/"run_pipeline.html").exists()
     assert "cbproj-deepfake-detection" in (report/"run_pipeline.html").read_text()
@@ -134,7 +120,7 @@ def test_buildspec_fails_the_build_when_the_run_fails_and_still_writes_the_repor
     report = tmp_path/"pipeline-report"
     env = {**aws, "SAGEMAKER_PIPELINE_ROLE_ARN": ROLE, "SAGEMAKER_PROJECT_NAME": "cbfail", "SAGEMAKER_PROJECT_ID": "p-43",
            "ARTIFACT_BUCKET": "no-such-bucket", "AWS_REGION": REGION, "REPORT_DIR": str(report)}
-    ok, log = run_buildspec(env, REPO)
+    ok, log = run_buildspec(REPO/"codebuild-buildspec.yml", env, REPO)
     assert not ok
     assert (report/"run_pipeline.html").exists()  # post_build rendered the failed run
     assert "NoSuchBucket" in (report/"run_pipeline.html").read_text()
