@@ -139,9 +139,12 @@ def _evaluate_parser(sub):
 
 def _evaluate(args):
     from deepfake_mlops.evaluate import evaluate_model, summary_line
+    from deepfake_mlops.tracking import track_evaluation
     report = evaluate_model(args.model_dir, args.data_dir, args.out, subset=args.subset, device=args.device, workers=args.workers)
     print(summary_line(report))
     print(f"report: {args.out/'evaluation.json'}")
+    run_id = track_evaluation(report, args.out)
+    if run_id: print(f"MLflow run {run_id}")
     return 0
 
 # %% ../nbs/20_cli.ipynb #d58b07b0

@@ -19,6 +19,7 @@ from .core import TrainConfig, atomic_path, atomic_write_text, from_options
 from .manifest import read_manifest_csv, require_labels
 from .data import check_split, identity_components, read_crops, read_split, write_split
 from .model import load_model
+from .tracking import nested_under, start_run
 from .evaluate import binary_metrics, bootstrap, score_crops, video_scores
 from .train import train
 
@@ -267,11 +268,19 @@ def cross_validate(faces_dir:str|Path, # extraction folder (crops, faces.csv, ma
     "Score every video, once per seed, by a model that never saw its people; pool, summarise; returns crossval.json."
     faces_dir, out_dir, cfg = Path(faces_dir), Path(out_dir), config or TrainConfig()
     manifest, rounds = _plan(faces_dir, out_dir, cfg, k, seeds)
+    # one MLflow run for the cross-validation, each round's training nested in it: recipes compare by a query
+    tracking = start_run("crossval", tags={"deepfake_mlops.kind": "crossval"})
+    tracking.params(dict(folds=k, seeds=list(seeds), train={f: v for f, v in asdict(cfg).items() if f != "seed"}))
     bar = tqdm(rounds, unit="model", disable=not progress)
     scored = []
-    for seed, fold, round_cfg, split in bar:
-        bar.set_description(f"seed {seed} fold {fold}")
-        scored.append(_run_round(faces_dir, out_dir/f"seed{seed}"/f"fold{fold}", round_cfg, split, fold))
+    try:
+        with nested_under(tracking):
+            for seed, fold, round_cfg, split in bar:
+                bar.set_description(f"seed {seed} fold {fold}")
+                scored.append(_run_round(faces_dir, out_dir/f"seed{seed}"/f"fold{fold}", round_cfg, split, fold))
+    except BaseException:
+        tracking.end("FAILED")
+        raise
     predictions = pd.concat(scored, ignore_index=True)
     with atomic_path(out_dir/"predictions.csv") as tmp: predictions.to_csv(tmp, index=False)
     result = dict(folds=k, seeds=list(dict.fromkeys(seed for seed, *_ in rounds)),
@@ -281,7 +290,17 @@ def cross_validate(faces_dir:str|Path, # extraction folder (crops, faces.csv, ma
                   **crossval_summary(predictions, n_boot))
     text = json.dumps(_json_ready(result), indent=2)
     atomic_write_text(out_dir/"crossval.json", text)
+    _track_result(tracking, json.loads(text), out_dir)
     return json.loads(text)
+
+def _track_result(tracking, result:dict, out_dir:Path):
+    "The summary across seeds as the cross-validation run's metrics (mean, std, min, max of each row), and its files."
+    import re
+    table = crossval_table(result)
+    tracking.metrics({re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{row}_{col}"): table.loc[row, col]
+                      for row in table.index for col in table.columns})
+    for name in ("crossval.json", "predictions.csv"): tracking.artifact(out_dir/name)
+    tracking.end()
 
 # %% ../nbs/10a_crossval.ipynb #909444fa
 _NAMES = dict(auc="AUC", log_loss="log loss", accuracy="accuracy at the shipped thresholds",

@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/engine.html.md"""
 
 # %% ../nbs/17_engine.ipynb #767954a9
 from __future__ import annotations
-import hashlib, json, os, re, secrets, time
+import hashlib, json, os, re, secrets, tarfile, time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,6 +15,7 @@ from .core import connect, create_schema, sha256_file
 from .jobs import StepFailed, Store, cache_key, run_processing, run_training, text_value
 from .pipeline import all_steps  # the definition helpers; the SDK itself is never imported here
 from .registry import Registry
+from .tracking import NoRun, job_environment, start_run, tracking_uri
 
 # %% auto #0
 __all__ = ['json_path', 'Context', 'condition_holds', 'print_line', 'LocalEngine']
@@ -112,8 +113,14 @@ CREATE TABLE IF NOT EXISTS steps (
     execution_id TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL,
     started TEXT NOT NULL, ended TEXT, seconds REAL, log TEXT NOT NULL DEFAULT '', properties TEXT NOT NULL DEFAULT '{}',
     cache_key TEXT NOT NULL DEFAULT '', cache_hit INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (execution_id, name));
+    mlflow_run_id TEXT NOT NULL DEFAULT '', PRIMARY KEY (execution_id, name));
 """
+
+def _add_tracking_column(db:Path):
+    "Engine databases made before tracking get the column for the MLflow run that produced a step's output."
+    with connect(db) as con:
+        columns = {r["name"] for r in con.execute("PRAGMA table_info(steps)").fetchall()}
+        if "mlflow_run_id" not in columns: con.execute("ALTER TABLE steps ADD COLUMN mlflow_run_id TEXT NOT NULL DEFAULT ''")
 
 def _utc() -> datetime:
     return datetime.now(timezone.utc)
@@ -153,10 +160,10 @@ def _cached(db:Path, key:str, expire:timedelta) -> dict|None:
     "The newest step with this cache key that succeeded within `expire`: its execution and properties."
     since = _iso(_utc() - expire)
     with connect(db) as con:
-        r = con.execute("SELECT execution_id, properties FROM steps WHERE cache_key=? AND status='Succeeded' AND ended >= ? "
-                        "ORDER BY ended DESC LIMIT 1", (key, since)).fetchone()
+        r = con.execute("SELECT execution_id, properties, mlflow_run_id FROM steps WHERE cache_key=? AND status='Succeeded' "
+                        "AND ended >= ? ORDER BY ended DESC LIMIT 1", (key, since)).fetchone()
     if r is None: return None
-    return dict(execution_id=r["execution_id"], properties=json.loads(r["properties"]))
+    return dict(execution_id=r["execution_id"], properties=json.loads(r["properties"]), mlflow_run_id=r["mlflow_run_id"])
 
 def _step_row(db:Path, execution_id:str, step:dict, **fields):
     "Write a step's record (when it starts, and again when it ends); fields not given keep their value (the cache key)."
@@ -227,6 +234,7 @@ class _Done:
     cache_key: str = ""  # jobs only, from here on
     cache_hit: bool = False
     log: str = ""  # the job's work folder, with its logs
+    mlflow_run_id: str = ""  # a cached job: the MLflow run that produced its output
 
 # %% ../nbs/17_engine.ipynb #2708006e
 class LocalEngine:
@@ -240,6 +248,10 @@ class LocalEngine:
         self.registry = Registry(self.root/"registry.db")
         self.db = self.root/"engine.db"
         create_schema(self.db, _ENGINE_SCHEMA)
+        _add_tracking_column(self.db)
+        # MLflow: $MLFLOW_TRACKING_URI, else the local store ROOT/mlflow; None when DEEPFAKE_MLOPS_TRACKING=off
+        self.tracking_uri = tracking_uri(root=self.root)
+        self._uri, self._tracking, self._produced = self.tracking_uri, NoRun(), {}
 
     def publish(self, files:dict[str, bytes]):
         "Put files at their URIs in the store (the code bundle, before a run), skipping identical ones."
@@ -259,15 +271,23 @@ class LocalEngine:
         log(f"execution {eid}")
         status, message = "Succeeded", ""
         try:
+            # one parent run per execution, a nested one per step (`_run_step`); the MlflowTrackingUri parameter, when
+            # given, is where the execution is tracked, as it is where the SageMaker pipeline's jobs log
+            self._uri = (ctx.params.get("MlflowTrackingUri") or self.tracking_uri) if self.tracking_uri else None
+            self._tracking = start_run(f"execution {eid}", self._uri, tags={"deepfake_mlops.execution_id": eid})
+            self._tracking.params(ctx.params)
+            self._produced = {}  # step name -> the MLflow run that produced its output (a cached step's producer)
             self._run_steps(definition["Steps"], ctx, use_cache, log)
         except StepFailed as e:
             status, message = "Failed", str(e)
-        except KeyboardInterrupt:
-            status, message = "Failed", "interrupted"
+        except (KeyboardInterrupt, ValueError) as e:  # ValueError: a tracking store that cannot be used, said at once
+            status, message = "Failed", "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
             raise
         finally:
             with connect(self.db) as con:
                 con.execute("UPDATE executions SET status=?, ended=?, message=? WHERE id=?", (status, _iso(), message, eid))
+            self._tracking.tags({"deepfake_mlops.status": status})
+            self._tracking.end("FINISHED" if status == "Succeeded" else "FAILED")
         return self.describe(eid)
 
     def _open(self, definition:dict, params:dict) -> Context:
@@ -295,20 +315,27 @@ class LocalEngine:
         t0 = time.perf_counter()
         _step_row(self.db, eid, step, status="Executing", started=started, log="")
         log(f"  {name}: started ({step['Type']})")
+        tracked = (start_run(name, self._uri, parent_id=self._tracking.id, tags={"deepfake_mlops.step_type": step["Type"]})
+                   if self._tracking.id else NoRun())
         try:
-            done = self._perform(step, ctx, work, use_cache, log)
+            done = self._perform(step, ctx, work, use_cache, log, tracked)
         except StepFailed as e:
+            tracked.end("FAILED")
             self._failed(step, eid, started, t0, e, e.log or (str(work) if work.exists() else ""), log)
             raise
         except Exception as e:  # a bug or bad input inside the engine: the step fails with the reason, the execution is recorded
+            tracked.end("FAILED")
             err = StepFailed(name, f"{type(e).__name__}: {e}", str(work) if work.exists() else None)
             self._failed(step, eid, started, t0, err, err.log or "", log)
             raise err from e
         ctx.props[name] = done.properties
         seconds = round(time.perf_counter() - t0, 2)
+        self._produced[name] = done.mlflow_run_id or tracked.id or ""
+        tracked.tags({"deepfake_mlops.cache_hit": done.cache_hit, "deepfake_mlops.seconds": seconds})
+        tracked.end()
         _step_row(self.db, eid, step, status="Succeeded", started=started, ended=_iso(), seconds=seconds, log=done.log,
                   properties=json.dumps(done.properties), cache_key=done.cache_key, cache_hit=int(done.cache_hit),
-                  message=done.message)
+                  message=done.message, mlflow_run_id=self._produced[name])
         if step["Type"] != "Condition":
             log(f"  {name}: cached ({seconds:.1f} s, {done.message})" if done.cache_hit else f"  {name}: done ({seconds:.1f} s)")
             return
@@ -323,7 +350,7 @@ class LocalEngine:
         _step_row(self.db, eid, step, status="Failed", started=started, ended=_iso(), seconds=seconds, log=logfile, message=str(err))
         log(f"  {step['Name']}: FAILED ({time.perf_counter() - t0:.1f} s)")
 
-    def _perform(self, step:dict, ctx:Context, work:Path, use_cache:bool, log) -> _Done:
+    def _perform(self, step:dict, ctx:Context, work:Path, use_cache:bool, log, tracked=NoRun()) -> _Done:
         "Do what the step's type says."
         name, kind = step["Name"], step["Type"]
         if kind == "Condition":
@@ -333,11 +360,11 @@ class LocalEngine:
             message = ctx.resolve(step.get("Arguments", {})).get("ErrorMessage", "the pipeline reached a Fail step")
             raise StepFailed(name, message)
         if kind == "RegisterModel": return _Done(self._register(name, ctx.resolve(step.get("Arguments", {})), ctx))
-        if kind in ("Processing", "Training"): return self._job(step, ctx, work, use_cache, log)
+        if kind in ("Processing", "Training"): return self._job(step, ctx, work, use_cache, log, tracked)
         raise StepFailed(name, f"step type {kind} is not supported by the local engine")
 
-    def _job(self, step:dict, ctx:Context, work:Path, use_cache:bool, log) -> _Done:
-        "A Processing or Training step: from the cache when the same job succeeded within ExpireAfter, else run."
+    def _job(self, step:dict, ctx:Context, work:Path, use_cache:bool, log, tracked=NoRun()) -> _Done:
+        "A Processing or Training step: from the cache when the same job succeeded within ExpireAfter, else run (logging into `tracked`)."
         name = step["Name"]
         args = ctx.resolve(step.get("Arguments", {}))
         key = cache_key(step, args, self.store, self.runtime.name if self.runtime else "")
@@ -346,7 +373,11 @@ class LocalEngine:
         if use_cache and cache.get("Enabled"):
             found = _cached(self.db, key, _duration(cache.get("ExpireAfter", "P30D")))
         if found is not None:
-            return _Done(found["properties"], f"cached from {found['execution_id']}", key, True, str(work))
+            tracked.tags({"deepfake_mlops.cached_from_execution": found["execution_id"],
+                          "deepfake_mlops.cached_from_run": found["mlflow_run_id"]})
+            return _Done(found["properties"], f"cached from {found['execution_id']}", key, True, str(work), found["mlflow_run_id"])
+        # the job logs into the step's run (after the cache key: where a run is tracked does not change its result)
+        args = {**args, "Environment": {**args.get("Environment", {}), **job_environment(tracked, self._uri)}}
         eid = ctx.execution["PipelineExecutionId"]
         _record_key(self.db, eid, step, key)
         if step["Type"] == "Processing":
@@ -369,11 +400,23 @@ class LocalEngine:
         metrics = json.loads(self.store.path(stats["S3Uri"]).read_text()) if stats.get("S3Uri") else {}
         headline = {k: v.get("value") for k, v in metrics.get("binary_classification_metrics", {}).items()}
         lineage = _lineage(ctx, self.store, model_uri, stats.get("S3Uri", ""))
+        lineage["mlflow"] = self._lineage_runs(ctx, model_uri)
         record = self.registry.register(args["ModelPackageGroupName"], str(self.store.path(model_uri)), headline, lineage,
                                         args.get("ModelApprovalStatus", "PendingManualApproval"),
                                         args.get("ModelPackageDescription", ""))
         return {"ModelPackageArn": f"local:model-package/{record['group_name']}/{record['version']}",
                 "ModelPackageVersion": record["version"]}
+
+    def _lineage_runs(self, ctx:Context, model_uri:str) -> dict:
+        "The MLflow runs behind a registered model: the execution's, and the one that trained it (a cached step's producer)."
+        trained_by = next((name for name, props in ctx.props.items()
+                           if props.get("ModelArtifacts.S3ModelArtifacts") == model_uri), None)
+        # the run the training logged to, from the model's train.json: a resumed training continues the run it began
+        with tarfile.open(self.store.path(model_uri)) as tar:
+            member = next((m for m in tar.getmembers() if m.name == "train.json" and m.isfile()), None)
+            summary = json.loads(tar.extractfile(member).read()) if member else {}
+        return dict(tracking_uri=self._uri or "", execution_run_id=self._tracking.id or "",
+                    training_run_id=summary.get("mlflow_run_id") or (self._produced.get(trained_by, "") if trained_by else ""))
 
     def describe(self, execution_id:str) -> dict:
         "An execution with its steps (KeyError when unknown)."

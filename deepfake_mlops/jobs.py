@@ -319,7 +319,8 @@ def run_training(name:str, args:dict, store:Store, work:Path, job_name:str,
     root = work/"algo-1"
     ml = _local(root, CONTAINER_ML)
     hps = dict(args.get("HyperParameters", {}))
-    env = _training_env(ml, hps, job_name)
+    # the job's Environment, as SageMaker sets it in the container, under the toolkit's own SM_* variables
+    env = {**{k: str(v) for k, v in args.get("Environment", {}).items()}, **_training_env(ml, hps, job_name)}
     _lay_out_training(name, args, store, ml, hps, env)
     if checkpoints_from is not None: _seed_checkpoints(checkpoints_from, ml, echo)
     program = json.loads(hps["sagemaker_program"])

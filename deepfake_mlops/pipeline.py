@@ -45,6 +45,7 @@ class PipelineSettings:
     backbone: str = TrainConfig.backbone
     min_auc: float = 0.6
     approval_status: str = "PendingManualApproval"
+    mlflow_tracking_uri: str = ""  # the MlflowTrackingUri parameter's default: no tracking in SageMaker's jobs
     cache_expire_after: str = "P30D"
     max_runtime_s: int = 24 * 3600
 
@@ -159,17 +160,23 @@ def _parameters(s:PipelineSettings, default_bucket:str, base_job_prefix:str) -> 
         backbone=ParameterString("Backbone", default_value=s.backbone),
         min_auc=ParameterFloat("MinAuc", default_value=s.min_auc),
         approval=ParameterString("ModelApprovalStatus", default_value=s.approval_status, enum_values=approvals),
+        # where the jobs log to MLflow: a SageMaker managed tracking server's ARN (or an http:// server); empty: not tracked
+        tracking_uri=ParameterString("MlflowTrackingUri", default_value=s.mlflow_tracking_uri),
     )
     for p in params.values(): check_parameter(p.name, p.default_value, "PipelineSettings: the default for parameter")
     return params
 
 # %% ../nbs/14_pipeline.ipynb #d4b8e2a6
+def _tracking_env(b:_Build) -> dict:
+    "The jobs' MLflow settings: the tracking URI parameter (the jobs' requirements bring sagemaker-mlflow for an ARN)."
+    return {"MLFLOW_TRACKING_URI": b.params["tracking_uri"]}
+
 def _processor(b:_Build, name:str, count):
     "A processing job that runs the launcher with python3."
     from sagemaker.processing import ScriptProcessor
     s = b.settings
     return ScriptProcessor(image_uri=b.image("training", s.processing_instance_type), command=["python3"], role=b.role,
-                           instance_type=b.params["processing_type"], instance_count=count,
+                           instance_type=b.params["processing_type"], instance_count=count, env=_tracking_env(b),
                            base_job_name=f"{b.base_job_prefix}-{name}", sagemaker_session=b.session,
                            max_runtime_in_seconds=s.max_runtime_s)
 
@@ -223,7 +230,8 @@ def _train_step(b:_Build, faces):
                         distribution={"torch_distributed": {"enabled": True}},
                         output_path=b.uri(STEP_NAMES["train"]), base_job_name=f"{b.base_job_prefix}-train",
                         hyperparameters=hyperparameters, sagemaker_session=b.session, max_run=s.max_runtime_s,
-                        disable_profiler=True, debugger_hook_config=False, code_location=b.uri("train-code"))
+                        disable_profiler=True, debugger_hook_config=False, code_location=b.uri("train-code"),
+                        environment=_tracking_env(b))
     args = estimator.fit({"train": TrainingInput(faces)})
     return TrainingStep(STEP_NAMES["train"], step_args=args, cache_config=b.cache)
 

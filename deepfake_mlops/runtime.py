@@ -90,9 +90,10 @@ def write_job_config(base:Path, # the host's /opt/ml
     return hps
 
 # %% ../nbs/15a_runtime.ipynb #aadb7d74
-def _start_host(runtime:Runtime, root:Path, job_name:str, lines:queue.Queue, log:Path) -> subprocess.Popen:
-    "Start the toolkit's `train` for one host whose container root is `root`."
+def _start_host(runtime:Runtime, root:Path, job_name:str, lines:queue.Queue, log:Path, job_env:dict|None=None) -> subprocess.Popen:
+    "Start the toolkit's `train` for one host whose container root is `root`, with the job's Environment (`job_env`)."
     env = runtime.environment(_job_env(root, {
+        **{k: str(v) for k, v in (job_env or {}).items()},
         "SAGEMAKER_BASE_DIR": str(_local(root, CONTAINER_ML)), "SAGEMAKER_TRAINING_MODULE": TRAINING_MODULE,
         "TRAINING_JOB_NAME": job_name}))
     return _start([str(runtime.root/"bin"/"train")], env, root, log, lines, f"    [{root.name}] ", session=True)
@@ -115,7 +116,7 @@ def run_toolkit_training(name:str, args:dict, store:Store, work:Path, job_name:s
             _link_input(store.path(ch["DataSource"]["S3DataSource"]["S3Uri"]), base/"input"/"data"/ch["ChannelName"])
         for d in ("model", "output/data", "checkpoints"): (base/d).mkdir(parents=True, exist_ok=True)
         if checkpoints_from is not None: _seed_checkpoints(checkpoints_from, base, echo)
-        procs.append(_start_host(runtime, work/host, job_name, lines, work/f"{host}.log"))
+        procs.append(_start_host(runtime, work/host, job_name, lines, work/f"{host}.log", args.get("Environment")))
     failed = [h for h, status in zip(hosts, _follow(procs, lines, echo)) if status != 0]
     if failed:
         log = work/f"{failed[0]}.log"

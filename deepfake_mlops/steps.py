@@ -126,11 +126,16 @@ def runtime_requirements() -> list[str]:
             raise FileNotFoundError(f"deepfake-mlops is not installed and {bundled} (the source bundle's list) is missing") from None
         return [line.strip() for line in bundled.read_text().splitlines() if line.strip()]
     keep = [r.split(";")[0].strip() for r in reqs if "extra ==" not in r]
+    # a job only logs to MLflow: its client (mlflow-skinny, the same versions) instead of the server and UI
+    keep = [("mlflow-skinny" + r[len("mlflow"):]) if requirement_name(r).lower() == "mlflow" else r for r in keep]
     return sorted(r for r in keep if requirement_name(r).lower() not in SERVING_REQUIREMENTS_EXCLUDE)
 
-def _requirements_txt() -> bytes:
-    "`runtime_requirements` as the requirements.txt the containers install from."
-    return "\n".join(runtime_requirements()).encode() + b"\n"
+_JOB_ONLY = {"mlflow-skinny", "sagemaker-mlflow", "pyyaml"}  # jobs log to MLflow; the model server does not
+
+def _requirements_txt(serving:bool=False) -> bytes:
+    "`runtime_requirements` as the requirements.txt the containers install from (`serving`: the model server's, without the jobs' tracking)."
+    reqs = [r for r in runtime_requirements() if not (serving and requirement_name(r).lower() in _JOB_ONLY)]
+    return "\n".join(reqs).encode() + b"\n"
 
 def package_files() -> dict[str, bytes]:
     "The package's source files by path (`deepfake_mlops/...`, the launchers included), as bytes."
@@ -143,7 +148,7 @@ def add_serving_code(model_dir:str|Path) -> Path:
     from deepfake_mlops.blazeface import MODELS, detector_weights_path
     from deepfake_mlops.inference import HANDLER
     model_dir = Path(model_dir)
-    files = {"code/inference.py": HANDLER.encode(), "code/requirements.txt": _requirements_txt()}
+    files = {"code/inference.py": HANDLER.encode(), "code/requirements.txt": _requirements_txt(serving=True)}
     files.update({f"code/{name}": data for name, data in package_files().items()})
     for m in MODELS:
         files[f"blazeface/{detector_weights_path(m).name}"] = detector_weights_path(m).read_bytes()
@@ -206,6 +211,8 @@ def evaluate(model_tar:str|Path, faces_root:str|Path, out_dir:str|Path, subset:s
         faces = merge_shards(faces_root, work/"faces")
         report = evaluate_model(model_dir, faces, out_dir, subset=subset)
     print(summary_line(report), flush=True)
+    from deepfake_mlops.tracking import track_evaluation
+    track_evaluation(report, out_dir)  # into the step's MLflow run when the job has one (MLFLOW_RUN_ID)
     return report
 
 # %% ../nbs/13_steps.ipynb #38e79f6a

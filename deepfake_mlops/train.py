@@ -22,6 +22,7 @@ from .manifest import read_manifest_csv, require_labels
 from .data import (FaceCrops, balanced_sampler, check_split, read_crops, read_split, split_videos,
                                  train_augment, write_split)
 from .sbi import self_blend
+from .tracking import NoRun, code_version, file_digest, start_run
 from .model import build_model, normalize, save_model
 from .evaluate import binary_metrics, fit_calibration, score_crops, video_scores
 
@@ -241,8 +242,10 @@ def _train_epoch(run, s, dataset, rows, epoch) -> tuple[list[float], int]:
     return losses, seen
 
 # %% ../nbs/10_train.ipynb #13eb90bc
-def _end_epoch(run, s, val_rows, epoch, losses, seen:list[int], train_s) -> dict:
-    "Validate, save the model when it is the best so far, checkpoint and write metrics.csv; returns the epoch's record."
+_TRACKED = ("train_loss", "val_auc", "val_log_loss", "val_accuracy", "images_per_s", "lr", "train_s")  # per epoch, in MLflow
+
+def _end_epoch(run, s, val_rows, epoch, losses, seen:list[int], train_s, tracking=NoRun()) -> dict:
+    "Validate, save the model when it is the best so far, checkpoint, write metrics.csv and log the epoch; returns its record."
     t1 = time.perf_counter()
     val, val_frames = _validate(s.model, val_rows, run.cfg, run.proc.device)
     val_s = time.perf_counter() - t1
@@ -261,6 +264,8 @@ def _end_epoch(run, s, val_rows, epoch, losses, seen:list[int], train_s) -> dict
     _save_checkpoint(run.last, s, epoch, run.cfg)
     record["checkpoint_s"] = round(time.perf_counter() - t2, 2)
     atomic_write_text(run.out_dir/"metrics.csv", pd.DataFrame(s.history).to_csv(index=False))
+    # logged after the checkpoint: a run killed in between logs this epoch when it resumes (`_start_tracking`)
+    tracking.metrics({k: record[k] for k in _TRACKED}, step=epoch + 1)
     if run.progress: print(_epoch_line(record), flush=True)
     return record
 
@@ -293,11 +298,40 @@ def _distribute(run, model):
     if run.proc.world <= 1: return model
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[run.proc.local_rank] if run.proc.device.type == "cuda" else None)
 
-def _finish(run, s, trained:int) -> dict:
-    "Write train.json (rank 0), leave the process group; returns the summary."
+def _start_tracking(run, faces_dir, resumed:bool):
+    "Rank 0's MLflow run: the one a killed run logged to when resuming it, else the job's or a new one; epochs it lacks are logged."
+    saved = run.last.parent/"mlflow-run-id"
+    previous = saved.read_text().strip() if resumed and saved.exists() else None
+    given = os.environ.get("MLFLOW_RUN_ID")  # the run the local engine made for this attempt's step
+    tracking = start_run("train", run_id=previous)
+    if tracking.id is None: return tracking
+    if previous and given and given != previous:  # this attempt's own run says where its epochs went
+        start_run("train", run_id=given).tags({"deepfake_mlops.continued_in_run": previous})
+    if previous is None:
+        atomic_write_text(saved, tracking.id)
+        split = pd.read_csv(run.out_dir/"split.csv") if (run.out_dir/"split.csv").exists() else pd.DataFrame(columns=["split"])
+        tracking.params(dict(train=asdict(run.cfg), extraction=run.extraction, world_size=run.proc.world, code=code_version(),
+                             data=dict(faces=str(faces_dir), manifest_sha256=file_digest(Path(faces_dir)/"manifest.csv")),
+                             split={k: int(v) for k, v in split["split"].value_counts().items()}))
+        tracking.artifact(run.out_dir/"split.csv")
+    return tracking
+
+def _catch_up(tracking, history:list[dict]):
+    "Log the epochs of a resumed run's history that MLflow has not got (the run was killed between checkpoint and log)."
+    logged = tracking.logged_steps("val_auc")
+    for record in history:
+        if record["epoch"] not in logged: tracking.metrics({k: record[k] for k in _TRACKED}, step=record["epoch"])
+
+def _finish(run, s, trained:int, tracking=NoRun(), loop_s:float=0.0) -> dict:
+    "Write train.json (rank 0), log the selected model, leave the process group; returns the summary."
     summary = dict(best=s.best, epochs_run=len(s.history), epochs_trained=trained, config=asdict(run.cfg),
-                   world_size=run.proc.world)
-    if run.proc.rank == 0: atomic_write_text(run.out_dir/"train.json", json.dumps(summary, indent=2))
+                   world_size=run.proc.world, mlflow_run_id=tracking.id, loop_s=round(loop_s, 2))
+    if run.proc.rank == 0:
+        atomic_write_text(run.out_dir/"train.json", json.dumps(summary, indent=2))
+        if s.best: tracking.metrics({f"best_val_{k}": v for k, v in s.best.items() if k != "epoch"} | {"best_epoch": s.best["epoch"]})
+        for name in ("metrics.csv", "train.json"): tracking.artifact(run.out_dir/name)
+        for name in ("config.json", "model.pt"): tracking.artifact(run.out_dir/name, "model")
+        tracking.end()
     if run.proc.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -319,23 +353,31 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
     rows, val_rows = _training_data(run, faces_dir, split, validation_dir)
     s = _model_and_optimizer(run, rows)
     start = _resume(run, s)
+    tracking = _start_tracking(run, faces_dir, start > 0) if run.proc.rank == 0 else NoRun()  # only rank 0 logs
+    _catch_up(tracking, s.history)
     s.model = _distribute(run, s.model)
     dataset = _training_set(rows, cfg)
     trained = 0  # epochs run by this call; a resumed run starts after the checkpoint's
-    for epoch in range(start, cfg.epochs):
-        if s.best is not None and _epochs_since_best(s.history) >= cfg.patience: break
-        t0 = time.perf_counter()
-        losses, seen = _train_epoch(run, s, dataset, rows, epoch)
-        trained += 1
-        counts = [seen] * run.proc.world  # each process's own count, gathered so metrics.csv can show every rank's share
-        if run.proc.world > 1: dist.all_gather_object(counts, seen)
-        stop = torch.zeros(1, device=run.proc.device)  # NCCL broadcasts device tensors only
-        if run.proc.rank == 0:
-            _end_epoch(run, s, val_rows, epoch, losses, counts, time.perf_counter() - t0)
-            stop[0] = float(_epochs_since_best(s.history) >= cfg.patience)
-        if run.proc.world > 1: dist.broadcast(stop, src=0)
-        if stop.item(): break
-    return _finish(run, s, trained)
+    loop_start = time.perf_counter()  # the epochs' time, logging included (benchmarks/tracking.py compares it)
+    try:
+        for epoch in range(start, cfg.epochs):
+            if s.best is not None and _epochs_since_best(s.history) >= cfg.patience: break
+            t0 = time.perf_counter()
+            losses, seen = _train_epoch(run, s, dataset, rows, epoch)
+            trained += 1
+            counts = [seen] * run.proc.world  # each process's own count, gathered so metrics.csv can show every rank's share
+            if run.proc.world > 1: dist.all_gather_object(counts, seen)
+            stop = torch.zeros(1, device=run.proc.device)  # NCCL broadcasts device tensors only
+            if run.proc.rank == 0:
+                _end_epoch(run, s, val_rows, epoch, losses, counts, time.perf_counter() - t0, tracking)
+                stop[0] = float(_epochs_since_best(s.history) >= cfg.patience)
+            if run.proc.world > 1: dist.broadcast(stop, src=0)
+            if stop.item(): break
+    except Exception:
+        tracking.strict = False  # the run failed already: ending its record must not hide why
+        tracking.end("FAILED")
+        raise
+    return _finish(run, s, trained, tracking, time.perf_counter() - loop_start)
 
 # %% ../nbs/10_train.ipynb #dbfe69c5
 def _extraction_settings(faces_dir):
@@ -373,7 +415,7 @@ def main(argv=None) -> int:
     if not a.train: raise SystemExit("no training data: pass --train or set SM_CHANNEL_TRAIN")
     try: train(a.train, a.model_dir, from_options(TrainConfig, a), split=a.split, checkpoint_dir=a.checkpoint_dir,
                validation_dir=a.validation)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: files, and a strict tracking failure
         print(f"training failed: {e}", file=sys.stderr)
         return 2
     if a.output_data_dir and _dist_env()[0] == 0:
