@@ -77,6 +77,7 @@ def _quick_failures():
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     # sagemaker-mlflow's request-header plugin warns on every request to a tracking URI that is not an ARN
     logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "creating initial database tables", each new store
 
 # %% ../nbs/10b_tracking.ipynb #b2546d5d
 def _flat(d:dict, prefix:str="") -> dict[str, str]:
