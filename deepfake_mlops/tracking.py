@@ -148,6 +148,18 @@ class NoRun:
     def end(self, status="FINISHED"): pass
 
 # %% ../nbs/10b_tracking.ipynb #700c4326
+def _client(uri:str):
+    "An MLflow client of `uri`; a new local store's tables are made under a file lock, as processes starting at once (notebooks, jobs) would race to make them."
+    from mlflow.tracking import MlflowClient
+    if not uri.startswith("sqlite:///"): return MlflowClient(uri)
+    import fcntl
+    lock = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # the first use creates (or upgrades) the tables
+    return client
+
 def _experiment(client, uri:str, name:str) -> str:
     "The experiment's id, made on first use; in the local store its artifacts go beside the database, not under the working folder."
     found = client.get_experiment_by_name(name)
@@ -171,14 +183,14 @@ def start_run(name:str, # the run's name (a step's name, "train", "evaluate", an
     if uri is None: return NoRun()
     check_reachable(uri)
     _quick_failures()
-    try: from mlflow.tracking import MlflowClient
+    try: import mlflow  # noqa: F401
     except ImportError:
         raise TrackingUnavailable(f"runs go to {uri}, but MLflow is not installed in this environment: pip install "
                                   f"mlflow-skinny, or set {MODE_VARIABLE}=off") from None
-    client = MlflowClient(uri)
     strict = tracking_mode() == "strict"
     run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
     try:
+        client = _client(uri)
         if run_id:
             client.get_run(run_id)  # it must exist: a mistyped id is said here
             client.update_run(run_id, status="RUNNING")
