@@ -270,6 +270,7 @@ class LocalEngine:
         eid = ctx.execution["PipelineExecutionId"]
         log(f"execution {eid}")
         status, message = "Succeeded", ""
+        self._tracking = NoRun()  # until this execution's run is open: nothing of an earlier execution's is touched
         try:
             # one parent run per execution, a nested one per step (`_run_step`); the MlflowTrackingUri parameter, when
             # given, is where the execution is tracked, as it is where the SageMaker pipeline's jobs log
