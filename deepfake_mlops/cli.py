@@ -6,12 +6,12 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/cli.html.md"""
 
 # %% ../nbs/20_cli.ipynb #dc387192
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, os, sys
 from pathlib import Path
 
 from .core import DEFAULTS, TrainConfig, add_options, from_options, local_root
 from .cli_deploy import add_deployment_commands
-from .cli_local import add_local_commands, model_location
+from .cli_local import add_local_commands, add_tracking_option, model_location
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -115,6 +115,7 @@ def _train_parser(sub):
     add_options(p, TrainConfig)
     p.add_argument("--split", type=Path, help="use this split.csv")
     p.add_argument("--checkpoint-dir", type=Path)
+    add_tracking_option(p)
     p.set_defaults(func=_train)
 
 def _train(args):
@@ -135,6 +136,7 @@ def _evaluate_parser(sub):
     p.add_argument("--subset", default="auto", help="auto (the model's test split when it covers the data), all, train, val or test")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--workers", type=_count(0, 256), default=2, help="crop-loading worker processes (0: in this process)")
+    add_tracking_option(p)
     p.set_defaults(func=_evaluate)
 
 def _evaluate(args):
@@ -319,6 +321,7 @@ def _crossval_parser(sub):
     p.add_argument("--folds", type=_count(3, 1000), default=5, help="folds, at least 3 (default %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="a full cross-validation per seed (default %(default)s)")
     add_options(p.add_argument_group("training settings (TrainConfig; --seeds replaces --seed)"), TrainConfig)
+    add_tracking_option(p)
     p.set_defaults(func=_crossval, seed=None)  # refused when given: the seeds come from --seeds
 
 def _crossval(args):
@@ -370,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv:list[str]|None=None) -> int:
     "Run `deepfake-mlops`; returns the exit status."
     args = build_parser().parse_args(argv)
+    if getattr(args, "tracking_uri", None):  # the option over $MLFLOW_TRACKING_URI, for this command and the jobs it starts
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     try: return args.func(args)
     except (OSError, ValueError, FloatingPointError) as e:
         print(f"deepfake-mlops {args.command}: error: {e}", file=sys.stderr)

@@ -12,7 +12,7 @@ from pathlib import Path
 from .core import REALTIME_MAX_BODY, local_root
 
 # %% auto #0
-__all__ = ['model_location', 'add_local_commands']
+__all__ = ['add_tracking_option', 'model_location', 'add_local_commands']
 
 # %% ../nbs/19a_cli_local.ipynb #bc94008c
 def _pipeline_parser(sub):
@@ -54,6 +54,12 @@ def _add_root(p):
     p.add_argument("--root", type=Path, default=local_root(),
                    help="local engine folder: artifact store, executions, registry (default runs/local or $DEEPFAKE_MLOPS_LOCAL_ROOT)")
 
+def add_tracking_option(p):
+    "`--tracking-uri`: where the command's MLflow runs go (over $MLFLOW_TRACKING_URI; default the local store ROOT/mlflow)."
+    p.add_argument("--tracking-uri", help="MLflow tracking URI: an http:// server or a SageMaker tracking server ARN "
+                                          "(default $MLFLOW_TRACKING_URI, else the local store under runs/local/mlflow; "
+                                          "DEEPFAKE_MLOPS_TRACKING=off turns tracking off)")
+
 def _run_parser(sub):
     p = sub.add_parser("run", help="run the whole pipeline on this machine: extract, train, evaluate, gate, register",
                        description="Runs the definition get_pipeline() builds with the local engine (no Docker, no AWS).")
@@ -65,6 +71,7 @@ def _run_parser(sub):
                    help="run the jobs in SageMaker's own runtime: this environment's torch and toolkits "
                         "(`make sagemaker-runtime` builds .venv-sagemaker)")
     _add_root(p)
+    add_tracking_option(p)
     p.set_defaults(func=_run)
 
 def _run(args):

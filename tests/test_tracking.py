@@ -162,7 +162,7 @@ def test_the_mlflow_ui_shows_the_run_and_its_validation_auc_chart(demo_faces, tm
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
     proc = run_cli("train", demo_faces, "--out", tmp_path/"model", "--epochs", 2, "--batch-size", 8, "--workers", 0,
-                   env={"MLFLOW_TRACKING_URI": mlflow_server.url}, timeout=900)
+                   "--tracking-uri", mlflow_server.url, timeout=900)  # the option, over the local store
     assert proc.returncode == 0, describe(proc)
     run = json.loads((tmp_path/"model"/"train.json").read_text())["mlflow_run_id"]
     experiment = mlflow.MlflowClient(mlflow_server.url).get_run(run).info.experiment_id
