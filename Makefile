@@ -53,8 +53,7 @@ run: install $(if $(RUNTIME),sagemaker-runtime,)
 	@mkdir -p $(REPORT)
 	$(BIN)/papermill nbs/run_pipeline.ipynb $(REPORT)/run_pipeline.ipynb --cwd . --log-output --no-progress-bar \
 	  -p target local -p local_root $(RUNS)/local $(if $(DATA),-p data $(DATA),) $(if $(RUNTIME),-p runtime $(RUNTIME),)
-	$(BIN)/jupyter nbconvert --to html --no-input --TemplateExporter.exclude_raw=True $(REPORT)/run_pipeline.ipynb >/dev/null 2>&1
-	@echo "report: $(REPORT)/run_pipeline.html"
+	$(BIN)/python tools/render_docs.py report $(REPORT)/run_pipeline.ipynb --docs _docs
 
 # every test, SageMaker's runtime included (tests/test_sagemaker_runtime.py skips without it)
 test: install sagemaker-runtime pytest nbtest
@@ -74,10 +73,11 @@ check: install
 	@test -z "$$(git status --porcelain --untracked-files=all -- deepfake_mlops)" || \
 	  (echo "nbdev-export created files that are not committed:" && git status --porcelain -- deepfake_mlops && exit 1)
 
-# rendered notebooks: nbdev-docs (quarto) where it exists, else nbconvert HTML into _docs/ (offline)
+# rendered notebooks: nbdev-docs (quarto) where it exists, else the same nbdev processing rendered offline into _docs/
+# (tools/render_docs.py: navigation, signatures and parameter tables, outputs; no network); the index links to the report
 docs: install
-	@if command -v quarto >/dev/null 2>&1; then $(BIN)/nbdev-docs; \
-	else $(BIN)/python tools/render_docs.py --out _docs; fi
+	@if command -v quarto >/dev/null 2>&1; then echo "docs: nbdev-docs (quarto)"; $(BIN)/nbdev-docs; \
+	else echo "docs: tools/render_docs.py (no quarto)"; $(BIN)/python tools/render_docs.py site --out _docs --report $(REPORT)/run_pipeline.html; fi
 
 bench: install
 	$(BIN)/python benchmarks/extraction.py --data $(DATASETS)/ffpp

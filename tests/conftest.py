@@ -1,6 +1,6 @@
 "Fixtures shared by the integration tests: the sample datasets, rendered demo clips, a demo model and its server."
 from __future__ import annotations
-import os, socket, subprocess, time, urllib.error, urllib.request
+import os, shutil, socket, subprocess, time, urllib.error, urllib.request
 from pathlib import Path
 
 import pytest
@@ -112,3 +112,22 @@ def demo_server(demo_model, start_server):
     work, tar = demo_model
     return start_server(tar), tar
 
+
+
+@pytest.fixture(scope="session")
+def browser():
+    "Headless Chromium driven by Selenium through the installed chromedriver (nothing is downloaded), logging its requests."
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip("chromium and chromedriver not found: apt-get install chromium chromium-driver (as .ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[dev]'")
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request, for tests that check them
+    # naming the driver keeps Selenium Manager from looking for (and downloading) one
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    yield driver
+    driver.quit()

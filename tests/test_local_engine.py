@@ -170,7 +170,7 @@ def test_ffpp_papermill_local_report_registers_the_same_model(ffpp_run, ffpp, tm
     latest = Registry(root/"registry.db").resolve("deepfake-detection:latest")
     assert latest["version"] > cli_version["version"]
     assert latest["model_data"] == cli_version["model_data"] and latest["metrics"] == cli_version["metrics"]
-    html = subprocess.run([str(Path(sys.executable).parent/"jupyter"), "nbconvert", "--to", "html", str(out)], capture_output=True, text=True)
+    html = subprocess.run([sys.executable, str(REPO/"tools"/"render_docs.py"), "report", str(out)], capture_output=True, text=True)  # as `make run`
     assert html.returncode == 0, html.stderr
     page = out.with_suffix(".html").read_text()
     assert latest["ref"] in page and "PendingManualApproval" in page and "balanced_accuracy" in page and "<img" in page

@@ -1,29 +1,11 @@
 "The upload page of `deepfake-mlops serve` (`GET /`) in headless Chromium, against the real server and model."
 from __future__ import annotations
-import json, shutil, urllib.error, urllib.request
+import json, urllib.error, urllib.request
 from pathlib import Path
 
 import pytest
 
 from helpers import describe, run_cli
-
-
-@pytest.fixture(scope="module")
-def browser():
-    "Headless Chromium driven by Selenium through the installed chromedriver (nothing is downloaded)."
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.skip("chromium and chromedriver not found: apt-get install chromium chromium-driver (as .ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[dev]'")
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,1000"):
-        options.add_argument(arg)
-    # naming the driver keeps Selenium Manager from looking for (and downloading) one
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")

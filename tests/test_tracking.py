@@ -1,7 +1,7 @@
 """MLflow tracking as users meet it: a local run tracked with nothing configured, a training job logging over HTTP to a
 real `mlflow server` on loopback (killed and resumed), a server that is not there or goes away, and the MLflow UI."""
 from __future__ import annotations
-import json, os, shutil, signal, subprocess, sys, time, urllib.request
+import json, os, signal, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
@@ -154,28 +154,15 @@ def test_a_server_lost_mid_training_warns_once_and_training_goes_on_unless_stric
         assert "Traceback" not in text
 
 
-def test_the_mlflow_ui_shows_the_run_and_its_validation_auc_chart(demo_faces, tmp_path, mlflow_server):
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.skip("chromium and chromedriver not found: apt-get install chromium chromium-driver (as .ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[dev]'")
-    from selenium.webdriver.chrome.service import Service
+def test_the_mlflow_ui_shows_the_run_and_its_validation_auc_chart(demo_faces, tmp_path, mlflow_server, browser):
     from selenium.webdriver.support.ui import WebDriverWait
     proc = run_cli("train", demo_faces, "--out", tmp_path/"model", "--epochs", 2, "--batch-size", 8, "--workers", 0,
                    "--tracking-uri", mlflow_server.url, timeout=900)  # the option, over the local store
     assert proc.returncode == 0, describe(proc)
     run = json.loads((tmp_path/"model"/"train.json").read_text())["mlflow_run_id"]
     experiment = mlflow.MlflowClient(mlflow_server.url).get_run(run).info.experiment_id
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(a)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
-    try:
-        driver.get(f"{mlflow_server.url}/#/experiments/{experiment}/runs/{run}/model-metrics")
-        WebDriverWait(driver, 90).until(lambda d: "val_auc" in d.page_source and "val_log_loss" in d.page_source)
-        page = driver.page_source
-        assert run in page or "train" in page
-        driver.save_screenshot(str(tmp_path/"mlflow-ui.png"))
-    finally:
-        driver.quit()
+    browser.get(f"{mlflow_server.url}/#/experiments/{experiment}/runs/{run}/model-metrics")
+    WebDriverWait(browser, 90).until(lambda d: "val_auc" in d.page_source and "val_log_loss" in d.page_source)
+    page = browser.page_source
+    assert run in page or "train" in page
+    browser.save_screenshot(str(tmp_path/"mlflow-ui.png"))
