@@ -28,6 +28,15 @@ def _count(lo:int, hi:int):
         return value
     return parse
 
+def _amount(allowed):
+    "An argparse type: a number within the `core.Range` `allowed`."
+    def parse(text:str) -> float:
+        try: value = float(text)
+        except ValueError: value = None
+        if value is None or value not in allowed: raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+        return value
+    return parse
+
 # %% ../nbs/20_cli.ipynb #aee4cb84
 def _weights_parser(sub):
     p = sub.add_parser("weights", help="fetch the face-detector, landmark and backbone weights (checksum-verified) into the cache",
@@ -82,6 +91,10 @@ def _extract_parser(sub):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for the face detector (default cpu)")
     p.add_argument("--detector", default=DEFAULTS.detector, choices=["auto", "short", "full"],
                    help="BlazeFace model: auto = short range, then full range where no face was found (default %(default)s)")
+    p.add_argument("--layout", default=DEFAULTS.crop_layout, choices=DEFAULTS.limits["crop_layout"],
+                   help="how crops are stored: a JPEG file each, or tar shards read front to back in training (default %(default)s)")
+    p.add_argument("--shard-mb", type=_amount(DEFAULTS.limits["shard_mb"]), default=DEFAULTS.shard_mb,
+                   help="shards: close a shard once it holds this many MB (default %(default)s)")
     p.add_argument("--no-contact-sheet", dest="contact_sheet", action="store_false", help="do not draw OUT/contact_sheet.png")
     p.set_defaults(func=_extract)
 
@@ -90,7 +103,7 @@ def _extract(args):
     from deepfake_mlops.faces import extract_faces, contact_sheet
     manifest = read_manifest(args.data_dir)
     summary = extract_faces(manifest, args.out, frames=args.frames, face_size=args.face_size, workers=args.workers,
-                            device=args.device, detector=args.detector)
+                            device=args.device, detector=args.detector, layout=args.layout, shard_mb=args.shard_mb)
     _print_summary(summary, args.out)
     if args.contact_sheet and summary["ok"]: print(f"contact sheet: {contact_sheet(args.out)}")
     # non-zero only to signal that some videos failed or had no face (details in videos.csv)

@@ -61,9 +61,12 @@ class Defaults:
     detector: str = "auto"  # BlazeFace models: "auto" (short range, then full range where it finds none), "short" (128 px, near faces) or "full" (192 px, any distance)
     min_face_score: float = 0.5  # detection confidence threshold (MediaPipe's default)
     crop_jpeg_quality: int = 95  # crops are stored as JPEG; serving passes its crops through the same encoding
+    crop_layout: str = "folder"  # how an extraction stores its crops: "folder" (a JPEG file each) or "shards" (tar shards, nbs/05a_shards)
+    shard_mb: float = 256  # a shard is closed once it holds this many megabytes (MiB) of crops
     labels: tuple = ("REAL", "FAKE")  # label names; index 1 is the positive (fake) class
     limits: ClassVar[dict] = dict(frames_per_video=Range(1, 10_000, integer=True), face_size=Range(16, 2048, integer=True),
-                                  face_margin=Range(0, 4), min_face_score=Range(0, 1), crop_jpeg_quality=Range(1, 100, integer=True))
+                                  face_margin=Range(0, 4), min_face_score=Range(0, 1), crop_jpeg_quality=Range(1, 100, integer=True),
+                                  shard_mb=Range(0.01, 65_536), crop_layout=("folder", "shards"))
 
 DEFAULTS = Defaults()
 

@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/data.html.md"""
 
 # %% ../nbs/06_data.ipynb #4aea5ab7
 from __future__ import annotations
-import json
+import io, json
 from pathlib import Path
 
 import cv2
@@ -16,11 +16,12 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from .core import DEFAULTS, atomic_write_text
+from .shards import iter_shard, read_member
 
 # %% auto #0
 __all__ = ['SPLITS', 'identity_components', 'split_videos', 'check_split', 'write_split', 'read_split', 'crop_keypoints',
-           'crop_landmarks', 'read_crops', 'DownUp', 'RandomMargin', 'Noise', 'train_augment', 'FaceCrops',
-           'balanced_sampler']
+           'index_keypoints', 'crop_landmarks', 'landmarks_of', 'read_crops', 'DownUp', 'RandomMargin', 'Noise',
+           'train_augment', 'FaceCrops', 'decode_crop', 'crop_image', 'balanced_sampler', 'stream_plan', 'ShardCrops']
 
 # %% ../nbs/06_data.ipynb #1c2bbcf5
 SPLITS = ("train", "val", "test")
@@ -113,12 +114,27 @@ def crop_keypoints(row, face_size:int, margin:float) -> np.ndarray:
     kps = np.array(json.loads(row["keypoints"]), np.float32).reshape(-1, 2)
     return (kps - (left, top)) * (face_size / side)
 
+def index_keypoints(crops:pd.DataFrame, face_size:int, margin:float) -> list[np.ndarray]:
+    "`crop_keypoints` of every row at once (an index of millions of crops is read in seconds, not minutes)."
+    x0, y0, x1, y1 = (crops[c].to_numpy(np.float64) for c in ("x0", "y0", "x1", "y1"))
+    side = np.maximum(np.round(np.maximum(x1 - x0, y1 - y0) * (1 + margin)), 2)  # as `faces.crop_window`, row by row
+    left, top = np.round((x0 + x1 - side) / 2), np.round((y0 + y1 - side) / 2)
+    text = ",".join(crops["keypoints"]).translate(str.maketrans("[]", "  "))  # one parse of all the JSON lists of numbers
+    kps = np.array(text.split(","), np.float32) if text.strip() else np.zeros(0, np.float32)
+    if kps.size != 12 * len(crops): return [crop_keypoints(r, face_size, margin) for _, r in crops.iterrows()]
+    kps = kps.reshape(-1, 6, 2)
+    # the same arithmetic as `crop_keypoints`: float32 points, whole-pixel origin, float64 result
+    return list((kps.astype(np.float64) - np.stack([left, top], 1)[:, None]) * (face_size / side)[:, None, None])
+
 def crop_landmarks(faces_dir:str|Path, video_id:str) -> dict[int, np.ndarray]:
     "Frame index -> the 468 face landmarks (float32, crop pixels) of a video's crops; {} when it has none."
     from deepfake_mlops.faces import LANDMARKS_FILE
     path = Path(faces_dir)/"crops"/video_id/LANDMARKS_FILE
-    if not path.exists(): return {}
-    with np.load(path, allow_pickle=False) as z:
+    return landmarks_of(path) if path.exists() else {}
+
+def landmarks_of(file) -> dict[int, np.ndarray]:
+    "Frame index -> landmarks, from a landmarks.npz file: a path, or its bytes as a shard holds them."
+    with np.load(io.BytesIO(file) if isinstance(file, bytes) else file, allow_pickle=False) as z:
         return dict(zip(z["frames"].tolist(), z["points"].astype(np.float32)))
 
 def read_crops(faces_dir:str|Path, # an extraction folder
@@ -131,13 +147,14 @@ def read_crops(faces_dir:str|Path, # an extraction folder
     index = read_index(faces_dir)
     crops = index[(index["crop_path"] != "")].copy()
     if crops.empty: raise ValueError(f"{faces_dir}: the index lists no face crops")
-    missing = [f for f in crops["crop_file"] if not Path(f).exists()]
-    if missing: raise ValueError(f"{faces_dir}: {len(missing)} crop files listed in faces.csv are missing, e.g. {missing[0]}")
+    stored = np.where(crops["shard_file"] != "", crops["shard_file"], crops["crop_file"])  # a shard is checked once, not per crop
+    missing = [f for f in pd.unique(stored) if not Path(f).exists()]
+    if missing: raise ValueError(f"{faces_dir}: {len(missing)} crop or shard files listed in faces.csv are missing, e.g. {missing[0]}")
     bad = ~crops["label"].isin(["REAL", "FAKE"])
     if bad.any(): raise ValueError(f"{faces_dir}: unknown label {crops.loc[bad, 'label'].iloc[0]!r} in faces.csv")
     crops["target"] = (crops["label"] == "FAKE").astype(np.float32)
     size, margin = settings.get("face_size", DEFAULTS.face_size), settings.get("margin", DEFAULTS.face_margin)
-    crops["kps"] = [crop_keypoints(r, size, margin) for _, r in crops.iterrows()]
+    crops["kps"] = index_keypoints(crops, size, margin)
     landmarks = {v: crop_landmarks(faces_dir, v) for v in crops["video_id"].unique()}
     crops["landmarks"] = [landmarks[v].get(int(f)) for v, f in zip(crops["video_id"], crops["frame_index"])]
     if split is not None:
@@ -199,6 +216,9 @@ class FaceCrops(Dataset):
                  pairs:bool=False, # each real crop comes with its self-blend: items are 2 x C x H x W, targets (0, 1)
                 ):
         self.files = crops["crop_file"].tolist()
+        # the shards layout: a crop is `size` bytes at `offset` of its shard file
+        self.shards = crops["shard_file"].tolist() if "shard_file" in crops else [""] * len(crops)
+        self.offsets = list(zip(crops["offset"], crops["size"])) if "offset" in crops else [None] * len(crops)
         self.targets = crops["target"].to_numpy(np.float32)
         # what a self-blend's mask follows, only when there are blends to make (scoring reads many crops and makes none)
         self.points = _blend_points(crops) if blend is not None else None
@@ -206,22 +226,41 @@ class FaceCrops(Dataset):
         self.augment, self.blend, self.blend_prob, self.pairs = augment, blend, blend_prob, pairs
     def __len__(self): return len(self.files)
     def _image(self, i):
+        if self.shards[i]:
+            offset, size = self.offsets[i]
+            return decode_crop(read_member(self.shards[i], int(offset), int(size)), f"{self.shards[i]} at {int(offset)}")
         image = cv2.imread(self.files[i], cv2.IMREAD_COLOR)
         if image is None: raise ValueError(f"{self.files[i]}: not a readable image")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    def __getitem__(self, i):
-        image, target = self._image(i), self.targets[i]
+    def __getitem__(self, i): return self._item(i, self._image(i), self.points[i] if self.points is not None else None)
+    def _item(self, i, image, points):
+        "Crop `i` as a training item, given its RGB image and what its self-blend's mask follows."
+        target = self.targets[i]
         rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,))))  # follows torch's per-worker seeding
         if self.pairs:
             # the paper's pairing: the real face and its self-blend, augmented alike, differ only by the blend
-            pair = np.stack([image, self.blend(image, self.points[i], rng)])
+            pair = np.stack([image, self.blend(image, points, rng)])
             x = torch.from_numpy(pair).permute(0, 3, 1, 2)
             return (self.augment(x) if self.augment is not None else x), torch.tensor([0.0, 1.0]), i
         if self.blend is not None and target == 0 and rng.random() < self.blend_prob:
-            image, target = self.blend(image, self.points[i], rng), np.float32(1)
+            image, target = self.blend(image, points, rng), np.float32(1)
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         if self.augment is not None: x = self.augment(x)
         return x, torch.tensor(target), i
+
+def decode_crop(data:bytes, name:str) -> np.ndarray:
+    "A stored crop's JPEG bytes as an RGB array; `name` says where it came from when it is not an image."
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None: raise ValueError(f"{name}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+def crop_image(row) -> np.ndarray:
+    "The RGB pixels of the crop of one index row (`read_crops` or `faces.read_index`), in either layout."
+    if row.get("shard_file"):
+        return decode_crop(read_member(row["shard_file"], int(row["offset"]), int(row["size"])), f"{row['shard_file']} at {int(row['offset'])}")
+    image = cv2.imread(row["crop_file"], cv2.IMREAD_COLOR)
+    if image is None: raise ValueError(f"{row['crop_file']}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 def _blend_points(crops):
     "Per crop, what a self-blend's mask follows: its landmarks where extraction kept them, else its keypoints."
@@ -235,3 +274,90 @@ def balanced_sampler(targets, generator:torch.Generator|None=None, real_share:fl
     n_real, n_fake = max((targets == 0).sum(), 1), max((targets == 1).sum(), 1)
     weights = np.where(targets == 0, real_share / n_real, (1 - real_share) / n_fake)
     return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(targets), replacement=True, generator=generator)
+
+# %% ../nbs/06_data.ipynb #6003d3d0
+def _deal(items:list, load, bins:int) -> list[list]:
+    "Items to `bins` bins, the heaviest first to the lightest bin (ties in the given order)."
+    out, loads = [[] for _ in range(bins)], np.zeros(bins, np.int64)
+    for s in sorted(items, key=lambda s: -load[s]):  # stable: equal loads keep the random order
+        k = int(np.argmin(loads))
+        out[k].append(s); loads[k] += load[s]
+    return out
+
+def stream_plan(shards:np.ndarray, # per row of the training crops: its shard file
+                draws:np.ndarray, # the epoch's draws: row indices, repeated as often as drawn
+                world:int, # DDP processes
+                workers:int, # DataLoader workers per process (0 counts as 1: the process reads)
+                batch:int, # items per batch
+                seed:int, # the order of the shards
+               ) -> tuple[list[list[tuple[list[str], int]]], int]:
+    "Per process, per reader: its shards and how many items it yields; and the batches every process yields."
+    load = pd.Series(np.bincount(draws, minlength=len(shards))).groupby(np.asarray(shards)).sum()
+    rng = np.random.default_rng(seed)
+    order = list(load.index[rng.permutation(len(load))])
+    plan = [_deal(mine, load, max(workers, 1)) for mine in _deal(order, load, world)]  # each shard to one process, one reader
+    items = [[int(sum(load[s] for s in r)) for r in rank] for rank in plan]
+    batches = [[-(-n // batch) for n in rank] for rank in items]  # a reader's last batch may be short
+    steps = min(sum(b) for b in batches)
+    if steps == 0:
+        raise ValueError(f"{len(load)} shards cannot give each of {world} processes a batch: "
+                         "extract with a smaller --shard-mb, or train on fewer processes")
+    for n, b in zip(items, batches):  # every process takes the same number of steps, or DDP waits for one that never comes
+        while sum(b) > steps:
+            k = int(np.argmax(b))
+            b[k] -= 1; n[k] = b[k] * batch  # whole batches from the reader with the most
+    return [[(r, k) for r, k in zip(rank, n)] for rank, n in zip(plan, items)], steps
+
+
+# %% ../nbs/06_data.ipynb #348fefd4
+class ShardCrops(FaceCrops, torch.utils.data.IterableDataset):
+    "Training crops streamed from shards: each reader (rank x DataLoader worker) reads its own shards front to back, shuffling in a buffer."
+    def __init__(self, crops:pd.DataFrame, # rows of `read_crops` in the shards layout
+                 draws:np.ndarray, # the epoch's draws (row indices; a row drawn twice is read once and used twice)
+                 rank:int=0, world:int=1, # this process among the DDP processes
+                 workers:int=0, # DataLoader workers of this process
+                 batch:int=32, # items per batch: every reader yields the same number of whole batches
+                 seed:int=0, # the epoch's seed: shard order and buffer
+                 buffer:int=1024, # items held for shuffling (encoded JPEGs: about 15 kB each at 224 px)
+                 **kw): # `FaceCrops` options: augment, blend, blend_prob, pairs
+        super().__init__(crops, **kw)
+        if "shard_file" not in crops or (crops["shard_file"] == "").any(): raise ValueError("ShardCrops needs crops in the shards layout")
+        self.readers = max(workers, 1)
+        plan, self.steps = stream_plan(crops["shard_file"].to_numpy(), draws, world, workers, batch, seed)
+        self.plan = plan[rank]  # per reader: (shards, items)
+        self.wanted = pd.Series(draws).groupby(crops["crop_path"].to_numpy()[draws]).agg(list).to_dict()  # member -> its draws
+        self.frames = crops["frame_index"].astype(int).to_numpy()
+        self.batch, self.seed, self.rank, self.buffer = batch, seed, rank, buffer
+    def __len__(self): return sum(n for _, n in self.plan)
+    def _reader(self) -> int:
+        info = torch.utils.data.get_worker_info()
+        if (info.num_workers if info else 1) != self.readers:
+            raise ValueError(f"ShardCrops was planned for {self.readers} DataLoader workers, not {info.num_workers if info else 1}")
+        return info.id if info else 0
+    def _stream(self, shards):
+        "(row, JPEG bytes, landmarks or None) of every draw in `shards`, in the order the shards hold them."
+        points = {}
+        for shard in shards:
+            for name, data in iter_shard(shard):
+                if name.endswith("/landmarks.npz"): points = landmarks_of(data); continue  # comes before its video's crops
+                for i in self.wanted.get(name, ()):
+                    if self.shards[i] == shard: yield i, data, points.get(int(self.frames[i]))
+    def __iter__(self):
+        reader = self._reader()
+        rng = np.random.default_rng([self.seed, self.rank, reader])
+        shards, left = self.plan[reader]
+        held = []
+        if not left: return
+        def take():
+            j = int(rng.integers(len(held)))
+            held[j], held[-1] = held[-1], held[j]
+            i, data, points = held.pop()
+            if points is None and self.points is not None: points = self.points[i]  # no landmarks: the keypoints' hull
+            return self._item(i, decode_crop(data, self.shards[i]), points)
+        for item in self._stream([shards[j] for j in rng.permutation(len(shards))]):  # a new order each epoch
+            held.append(item)
+            if len(held) >= self.buffer:
+                yield take(); left -= 1
+                if not left: return
+        while held and left: yield take(); left -= 1
+

@@ -63,7 +63,7 @@ PARAMETER_LIMITS = dict(  # what each parameter allows: a Range, a tuple of valu
     ProcessingInstanceType=INSTANCE_TYPE, ProcessingInstanceCount=Range(1, 100, integer=True),
     TrainingInstanceType=INSTANCE_TYPE, TrainingInstanceCount=Range(1, 100, integer=True),
     Epochs=TrainConfig.limits["epochs"], BatchSize=TrainConfig.limits["batch_size"], LearningRate=TrainConfig.limits["lr"],
-    Backbone=TrainConfig.limits["backbone"], MinAuc=Range(0, 1))
+    Backbone=TrainConfig.limits["backbone"], MinAuc=Range(0, 1), CropLayout=DEFAULTS.limits["crop_layout"])
 
 def check_parameter(name:str, # a pipeline parameter
                     value, # its value, converted to the parameter's type

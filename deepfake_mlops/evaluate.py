@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .core import DEFAULTS, atomic_path, atomic_write_text
-from .data import FaceCrops
+from .data import FaceCrops, crop_image
 from .model import normalize
 
 # %% auto #0
@@ -247,7 +247,7 @@ def plot_mistakes(frames:pd.DataFrame, threshold:float, n:int=8):
     fig, axes = plt.subplots(1, max(len(wrong), 1), figsize=(1.6 * max(len(wrong), 1), 2.1), squeeze=False)
     for ax in axes[0]: ax.axis("off")
     for ax, (_, r) in zip(axes[0], wrong.iterrows()):
-        ax.imshow(cv2.cvtColor(cv2.imread(r["crop_file"]), cv2.COLOR_BGR2RGB))
+        ax.imshow(crop_image(r))
         ax.set_title(f"{'FAKE' if r['target'] else 'REAL'} p={r['prob']:.2f}", fontsize=8)
     if wrong.empty: axes[0][0].set_title("no mistakes", fontsize=9)
     fig.tight_layout()

@@ -6,8 +6,9 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/faces.html.md"""
 
 # %% ../nbs/05_faces.ipynb #9fa5ce3e
 from __future__ import annotations
-import json, os, shutil, signal, threading, time
+import io, json, os, shutil, signal, threading, time
 from contextlib import contextmanager
+from functools import partial
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -23,10 +24,12 @@ from .video import VideoError, sample_frames
 from .blazeface import FaceDetector
 from .landmarks import FaceLandmarker, landmark_weights_path
 from .manifest import write_manifest
+from .shards import SHARD_DIR, ShardWriter
 
 # %% auto #0
-__all__ = ['INDEX_COLUMNS', 'VIDEO_META', 'LANDMARKS_FILE', 'crop_window', 'crop_square', 'link_tracks', 'main_track',
-           'encode_crop', 'as_stored', 'extract_video', 'pool_context', 'extract_faces', 'read_index', 'contact_sheet']
+__all__ = ['INDEX_COLUMNS', 'VIDEO_META', 'SHARD_COLUMNS', 'LANDMARKS_FILE', 'crop_window', 'crop_square', 'link_tracks',
+           'main_track', 'encode_crop', 'as_stored', 'video_crops', 'extract_video', 'pool_context', 'extract_faces',
+           'read_index', 'contact_sheet']
 
 # %% ../nbs/05_faces.ipynb #6cc6391f
 def crop_window(box, margin:float=DEFAULTS.face_margin) -> tuple[int, int, int]:
@@ -101,9 +104,10 @@ def as_stored(crop:np.ndarray, quality:int=DEFAULTS.crop_jpeg_quality) -> np.nda
 INDEX_COLUMNS = ["video_id", "relpath", "label", "method", "identities", "group", "dataset", "split", "frame_index", "timestamp",
                  "face", "track", "main", "score", "x0", "y0", "x1", "y1", "keypoints", "crop_path"]
 VIDEO_META = ["video_id", "relpath", "label", "method", "identities", "group", "dataset", "split"]
+SHARD_COLUMNS = ["shard", "offset", "size"]  # in the shards layout: where a crop's bytes are (shard path in the folder, byte offset, length)
 
-def _face_rows(meta, frame, dets, ids, main, crop_dir, face_size, margin, jpeg_quality):
-    "Index rows (and main-person crops) of one frame."
+def _face_rows(meta, frame, dets, ids, main, crops, face_size, margin, jpeg_quality):
+    "Index rows of one frame; its main-person crop goes into `crops` (member name -> JPEG bytes)."
     rows = []
     if len(dets) == 0:
         return [dict(meta, frame_index=frame.index, timestamp=round(frame.timestamp, 3), face=-1, track=-1,
@@ -112,9 +116,8 @@ def _face_rows(meta, frame, dets, ids, main, crop_dir, face_size, margin, jpeg_q
         d, t = dets[k], int(ids[k])
         crop_path = ""
         if t == main:
-            name = f"{frame.index:06d}.jpg"
-            (crop_dir/name).write_bytes(encode_crop(crop_square(frame.image, d[:4], face_size, margin), jpeg_quality))
-            crop_path = f"crops/{meta['video_id']}/{name}"
+            crop_path = f"crops/{meta['video_id']}/{frame.index:06d}.jpg"
+            crops[crop_path] = encode_crop(crop_square(frame.image, d[:4], face_size, margin), jpeg_quality)
         kps = np.round(d[4:16].astype(np.float64).reshape(6, 2), 1).tolist()
         rows.append(dict(meta, frame_index=frame.index, timestamp=round(frame.timestamp, 3), face=rank, track=t,
                          main=t == main, score=round(float(d[-1]), 4), x0=round(float(d[0]), 1), y0=round(float(d[1]), 1),
@@ -123,45 +126,57 @@ def _face_rows(meta, frame, dets, ids, main, crop_dir, face_size, margin, jpeg_q
 
 LANDMARKS_FILE = "landmarks.npz"  # beside a video's crops: frame index -> 468 x 2 points in crop pixels
 
-def _write_landmarks(crop_dir, sampled, dets, ids, main, landmarker, face_size, margin):
-    "The face landmarks of the main person's crops, in crop pixels (float16), as one file in the crop folder."
+def _landmarks_file(sampled, dets, ids, main, landmarker, face_size, margin) -> bytes:
+    "The face landmarks of the main person's crops, in crop pixels (float16), as the bytes of one .npz file."
     picked = [(f, d[np.flatnonzero(i == main)[0]]) for f, d, i in zip(sampled, dets, ids) if (i == main).any()]
     points, _ = landmarker([f.image for f, _ in picked], [det for _, det in picked])
     for k, (_, det) in enumerate(picked):
         left, top, side = crop_window(det[:4], margin)
         points[k] = (points[k] - (left, top)) * (face_size / side)
-    with open(crop_dir/LANDMARKS_FILE, "wb") as f:
-        np.savez(f, frames=np.array([f.index for f, _ in picked], np.int64), points=points.astype(np.float16))
+    buf = io.BytesIO()
+    np.savez(buf, frames=np.array([f.index for f, _ in picked], np.int64), points=points.astype(np.float16))
+    return buf.getvalue()
 
-def extract_video(video:dict, # a manifest row (needs video_id, path and the VIDEO_META fields)
-                  out_dir:str|Path, # extraction output folder
-                  face_detector:FaceDetector, # runs the detector setting (see `blazeface.FaceDetector`)
-                  landmarker:FaceLandmarker|None=None, # 468 face landmarks of every crop, kept in its folder (none when None)
-                  frames:int=DEFAULTS.frames_per_video,
-                  face_size:int=DEFAULTS.face_size,
-                  margin:float=DEFAULTS.face_margin,
-                  jpeg_quality:int=DEFAULTS.crop_jpeg_quality,
-                  decode_threads:int=0,
-                 ) -> pd.DataFrame:
-    "Sample, detect, track and crop one video; writes its crops and part file atomically and returns its rows."
-    out_dir = Path(out_dir)
+def video_crops(video:dict, # a manifest row (needs video_id, path and the VIDEO_META fields)
+                face_detector:FaceDetector, # runs the detector setting (see `blazeface.FaceDetector`)
+                landmarker:FaceLandmarker|None=None, # 468 face landmarks of every crop (none when None)
+                frames:int=DEFAULTS.frames_per_video,
+                face_size:int=DEFAULTS.face_size,
+                margin:float=DEFAULTS.face_margin,
+                jpeg_quality:int=DEFAULTS.crop_jpeg_quality,
+                decode_threads:int=0,
+               ) -> tuple[pd.DataFrame, list[tuple[str, bytes]]]:
+    "Sample, detect, track and crop one video in memory: its index rows, and its files as (member name, bytes), landmarks first."
     meta = {k: video.get(k, "") for k in VIDEO_META}
     sampled = sample_frames(video["path"], frames, threads=decode_threads)
     dets = face_detector([f.image for f in sampled])
     ids = link_tracks(dets)
     main = main_track(dets, ids)
-    final = out_dir/"crops"/meta["video_id"]
-    tmp = out_dir/"crops"/f".{meta['video_id']}.{os.getpid()}.tmp"
+    crops = {}
+    rows = [r for f, d, i in zip(sampled, dets, ids) for r in _face_rows(meta, f, d, i, main, crops, face_size, margin, jpeg_quality)]
+    # landmarks first: a reader streaming a shard has a video's points before its crops
+    members = [(f"crops/{meta['video_id']}/{LANDMARKS_FILE}", _landmarks_file(sampled, dets, ids, main, landmarker, face_size, margin))
+               ] if landmarker is not None else []
+    return pd.DataFrame(rows, columns=INDEX_COLUMNS), members + list(crops.items())
+
+def extract_video(video:dict, # a manifest row (needs video_id, path and the VIDEO_META fields)
+                  out_dir:str|Path, # extraction output folder
+                  face_detector:FaceDetector, # runs the detector setting (see `blazeface.FaceDetector`)
+                  landmarker:FaceLandmarker|None=None, # 468 face landmarks of every crop, kept in its folder (none when None)
+                  **kw, # `video_crops` settings: frames, face_size, margin, jpeg_quality, decode_threads
+                 ) -> pd.DataFrame:
+    "One video into the folder layout: its crops (a JPEG file each) and part file, each written atomically; returns its rows."
+    out_dir = Path(out_dir)
+    df, members = video_crops(video, face_detector, landmarker, **kw)
+    vid = video["video_id"]
+    final, tmp = out_dir/"crops"/vid, out_dir/"crops"/f".{vid}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
     try:
-        rows = [r for f, d, i in zip(sampled, dets, ids)
-                for r in _face_rows(meta, f, d, i, main, tmp, face_size, margin, jpeg_quality)]
-        if landmarker is not None: _write_landmarks(tmp, sampled, dets, ids, main, landmarker, face_size, margin)
+        for name, data in members: (tmp/Path(name).name).write_bytes(data)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     finally: shutil.rmtree(tmp, ignore_errors=True)
-    df = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-    with atomic_path(out_dir/"parts"/f"{meta['video_id']}.csv") as p: df.to_csv(p, index=False)
+    with atomic_path(out_dir/"parts"/f"{vid}.csv") as p: df.to_csv(p, index=False)
     return df
 
 # %% ../nbs/05_faces.ipynb #6bfb4714
@@ -186,13 +201,15 @@ def _init_worker(detector, device, weights_root, threads, parent_pid=None):
     _worker["face_detector"] = FaceDetector(detector, device=device, weights_root=weights_root)
     _worker["landmarker"] = FaceLandmarker(device=device, weights=landmark_weights_path(weights_root))
 
-def _run_one(video, out_dir, kw):
-    "Extract one video in a worker; returns (video_id, why it failed or '' when its part file was written)."
-    try: extract_video(video, out_dir, _worker["face_detector"], _worker["landmarker"], **kw)
-    except VideoError as e: return video["video_id"], str(e)
+def _run_one(video, out_dir, kw, layout="folder"):
+    "Extract one video in a worker: (video_id, why it failed or '', and for shards its rows and files for the main process to write)."
+    try:
+        if layout == "shards": return video["video_id"], "", video_crops(video, _worker["face_detector"], _worker["landmarker"], **kw)
+        extract_video(video, out_dir, _worker["face_detector"], _worker["landmarker"], **kw)
+    except VideoError as e: return video["video_id"], str(e), None
     except Exception as e:  # an unexpected error in one video must not sink the batch
-        return video["video_id"], f"{video.get('path')}: {type(e).__name__}: {e}"
-    return video["video_id"], ""
+        return video["video_id"], f"{video.get('path')}: {type(e).__name__}: {e}", None
+    return video["video_id"], "", None
 
 def _counts(df):
     frames = df.drop_duplicates("frame_index")
@@ -211,17 +228,17 @@ def _sigterm_interrupts():
     try: yield
     finally: signal.signal(signal.SIGTERM, previous)
 
-def _run_pool(todo, out_dir, kw, workers, initargs, results, bar):
-    "Extract `todo` with `workers` processes, adding (video_id, reason) to `results`; on Ctrl-C the workers are killed."
+def _run_pool(todo, out_dir, kw, workers, initargs, collect, bar, layout="folder"):
+    "Extract `todo` with `workers` processes, passing each (video_id, reason, payload) to `collect`; on Ctrl-C the workers are killed."
     pool = ProcessPoolExecutor(workers, mp_context=pool_context(initargs[1]), initializer=_init_worker,
                                initargs=initargs)
     try:
-        futures = {pool.submit(_run_one, v, out_dir, dict(kw, decode_threads=1)): v for v in todo}
+        futures = {pool.submit(_run_one, v, out_dir, dict(kw, decode_threads=1), layout): v for v in todo}
         for f in as_completed(futures):
-            try: results.append(f.result())
+            try: collect(f.result())
             except BrokenProcessPool as e:  # a worker died (a decoder crash, out of memory): the batch goes on
-                results.append((futures[f]["video_id"], f"{futures[f]['path']}: worker process died "
-                                                        f"while this video was in flight ({e})"))
+                collect((futures[f]["video_id"], f"{futures[f]['path']}: worker process died "
+                                                 f"while this video was in flight ({e})", None))
             bar.update()
     except BaseException:
         # a video in flight is abandoned: its part file is written last and atomically, so the rerun redoes it
@@ -255,7 +272,11 @@ def _check_weights(detector, weights_root):
 def _remove_leftovers(out_dir):
     "Temporary crop folders and half-written files of a killed run."
     for stale in (out_dir/"crops").glob(".*.tmp"): shutil.rmtree(stale, ignore_errors=True)
-    for stale in [*out_dir.glob(".*.tmp*"), *(out_dir/"parts").glob(".*.tmp*")]: stale.unlink(missing_ok=True)
+    for stale in [*out_dir.glob(".*.tmp*"), *(out_dir/"parts").glob(".*.tmp*"), *(out_dir/SHARD_DIR).glob(".*.tmp")]:
+        stale.unlink(missing_ok=True)
+    # a shard without its part file: the kill came between the two; no index row names it, its videos are redone
+    for shard in (out_dir/SHARD_DIR).glob("*.tar"):
+        if not (out_dir/"parts"/f"{shard.name}.csv").exists(): shard.unlink()
 
 def pool_context(device:str="cpu"):
     "Worker start method: a fork server that has imported this module (spawn where there is no fork)."
@@ -268,7 +289,7 @@ def pool_context(device:str="cpu"):
     ctx.set_forkserver_preload(["deepfake_mlops.faces"])
     return ctx
 
-_TEXT_COLUMNS = ["video_id", "relpath", "label", "method", "identities", "group", "dataset", "split", "keypoints", "crop_path"]
+_TEXT_COLUMNS = ["video_id", "relpath", "label", "method", "identities", "group", "dataset", "split", "keypoints", "crop_path", "shard"]
 
 def _read_rows(path):
     "Index rows from a CSV: text columns as text (empty cells as ''), numbers as numbers."
@@ -298,49 +319,85 @@ def extract_faces(manifest:pd.DataFrame, # one row per video (see `manifest.read
                   detector:str=DEFAULTS.detector, # "auto" (short range, then full range where none found), "short" or "full"
                   weights_root:str|Path|None=None, # converted BlazeFace weights (default: the cache)
                   progress:bool=True, # show a progress bar
+                  layout:str=DEFAULTS.crop_layout, # "folder": a JPEG file per crop; "shards": tar shards (nbs/05a_shards)
+                  shard_mb:float=DEFAULTS.shard_mb, # shards: a shard closes once it holds this many megabytes
+                  shard_prefix:str="shard", # shards: this writer's shard names (several writers into one folder need their own)
                  ) -> dict:
     "Extract faces of every video in `manifest` into `out_dir`; returns the run summary (also in summary.json)."
     _check_numbers(frames=frames, face_size=face_size, margin=margin, workers=workers)
+    check_setting("layout", layout, DEFAULTS.limits["crop_layout"])
+    check_setting("shard_mb", shard_mb, DEFAULTS.limits["shard_mb"])
     out_dir = Path(out_dir); (out_dir/"parts").mkdir(parents=True, exist_ok=True)
-    _check_settings(out_dir, dict(frames=frames, face_size=face_size, margin=margin, detector=detector, landmarks=True))
+    settings = dict(frames=frames, face_size=face_size, margin=margin, detector=detector, landmarks=True)
+    _check_settings(out_dir, settings | (dict(layout="shards") if layout == "shards" else {}))
     _check_weights(detector, weights_root)
     write_manifest(manifest, out_dir/"manifest.csv")  # identities and splits travel with the crops
     _remove_leftovers(out_dir)
     start = time.perf_counter()
     videos = manifest.to_dict("records")
-    done = {v["video_id"] for v in videos if (out_dir/"parts"/f"{v['video_id']}.csv").exists()}
+    done = {v["video_id"] for v in videos} & set(_finished(out_dir, layout))
     todo = [v for v in videos if v["video_id"] not in done]
     kw = dict(frames=frames, face_size=face_size, margin=margin)
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     results = []
+    pending = {}  # shards: rows of the videos in the open shard, written as part files once it is in place
+    writer = ShardWriter(out_dir/SHARD_DIR, shard_prefix, int(shard_mb * (1 << 20)), on_done=partial(_write_parts, out_dir, pending)) if layout == "shards" else None
+    def collect(result):
+        vid, reason, payload = result
+        results.append((vid, reason))
+        if writer is not None and payload is not None:
+            pending[vid] = payload[0]
+            writer.add(vid, payload[1])
     bar = tqdm(total=len(todo), desc="extracting faces", unit="video", disable=not progress)
     try:
         with _sigterm_interrupts():
             if not todo: pass
             elif workers == 1:
                 _init_worker(detector, device, weights_root, 0)
-                for v in todo: results.append(_run_one(v, out_dir, kw)); bar.update()
-            else: _run_pool(todo, out_dir, kw, workers, (detector, device, weights_root, 1, os.getpid()), results, bar)
+                for v in todo: collect(_run_one(v, out_dir, kw, layout)); bar.update()
+            else: _run_pool(todo, out_dir, kw, workers, (detector, device, weights_root, 1, os.getpid()), collect, bar, layout)
+        if writer is not None: writer.close_shard()
     except KeyboardInterrupt:
+        if writer is not None: writer.abandon()  # its videos have no part files: the rerun extracts them again
         bar.close()
-        finished = sum((out_dir/"parts"/f"{v['video_id']}.csv").exists() for v in videos)
+        finished = len({v["video_id"] for v in videos} & set(_finished(out_dir, layout)))
         raise KeyboardInterrupt(f"interrupted: {finished} of {len(videos)} videos finished in {out_dir}; "
                                 "run the same command again to resume") from None
     bar.close()
-    return _finish(out_dir, videos, done, results, time.perf_counter() - start)
+    return _finish(out_dir, videos, done, results, time.perf_counter() - start, layout)
 
 # %% ../nbs/05_faces.ipynb #293a32d9
-def _finish(out_dir, videos, done, results, seconds):
+def _write_parts(out_dir, pending, shard, videos):
+    "Once a shard is in place: one part file for all its videos, whose crops now have a shard, an offset and a size."
+    dfs = []
+    for vid, offsets in videos:
+        df = pending.pop(vid)
+        where = [offsets.get(p, (np.nan, np.nan)) if p else (np.nan, np.nan) for p in df["crop_path"]]
+        df["shard"] = [f"{SHARD_DIR}/{shard.name}" if p else "" for p in df["crop_path"]]
+        df["offset"], df["size"] = [w[0] for w in where], [w[1] for w in where]
+        dfs.append(df)
+    # one file, written at once: the shard's videos are all done or none is
+    with atomic_path(out_dir/"parts"/f"{shard.name}.csv") as p: pd.concat(dfs, ignore_index=True).to_csv(p, index=False)
+
+def _finished(out_dir, layout) -> dict:
+    "Video id -> its index rows (a DataFrame, or the part file that holds them) for every finished video."
+    parts = Path(out_dir)/"parts"
+    if layout == "shards":
+        return {vid: rows for p in sorted(parts.glob("*.tar.csv")) for vid, rows in _read_rows(p).groupby("video_id", sort=False)}
+    return {p.stem: p for p in parts.glob("*.csv") if not p.name.startswith(".") and not p.name.endswith(".tar.csv")}
+
+def _finish(out_dir, videos, done, results, seconds, layout="folder"):
     parts, statuses = [], []
     failed = {vid: reason for vid, reason in results if reason}
+    finished = _finished(out_dir, layout)
     for v in videos:
-        part = out_dir/"parts"/f"{v['video_id']}.csv"
-        if v["video_id"] in failed or not part.exists():
+        part = finished.get(v["video_id"])
+        if v["video_id"] in failed or part is None:
             reason = failed.get(v["video_id"], f"{v.get('relpath') or v['video_id']}: not processed")
             statuses.append(dict(video_id=v["video_id"], relpath=v.get("relpath", ""), status="failed", reason=reason,
                                  frames=0, frames_with_face=0, faces=0, crops=0))
             continue
-        df = _read_rows(part)
+        df = _read_rows(part) if isinstance(part, Path) else part.reset_index(drop=True)
         for k in VIDEO_META: df[k] = str(v.get(k, ""))  # labels and groups as the manifest says now, not when the part was written
         parts.append(df)
         counts = _counts(df)
@@ -364,13 +421,21 @@ def _finish(out_dir, videos, done, results, seconds):
 
 # %% ../nbs/05_faces.ipynb #d712b0b3
 def read_index(out_dir:str|Path) -> pd.DataFrame:
-    "The face index of an extraction folder, with crop paths made absolute."
+    "The face index of an extraction folder, with crop files (folder layout) or shard files (shards layout) made absolute."
     out_dir = Path(out_dir)
     path = out_dir/"faces.csv"
     if not path.exists(): raise FileNotFoundError(f"{path} not found: run `deepfake-mlops extract` first")
     df = _read_rows(path)
-    df["crop_file"] = [str(out_dir/p) if p else "" for p in df["crop_path"]]
+    shard = df["shard"] if "shard" in df else pd.Series("", index=df.index)
+    df["crop_file"] = _under(out_dir, df["crop_path"].where(shard == "", ""))
+    # a few hundred shards for millions of crops: a category stores each path once
+    df["shard_file"] = pd.Categorical(_under(out_dir, shard))
     return df
+
+def _under(folder:Path, paths:pd.Series) -> pd.Series:
+    "`folder/path` for each relative path, absolute paths as they are, '' for ''; as string operations on the whole column."
+    absolute = paths.str.startswith("/")
+    return paths.where(absolute | (paths == ""), str(folder).rstrip("/") + "/" + paths)
 
 # %% ../nbs/05_faces.ipynb #849e1874
 def contact_sheet(out_dir:str|Path, # an extraction folder
@@ -384,7 +449,8 @@ def contact_sheet(out_dir:str|Path, # an extraction folder
     import matplotlib.pyplot as plt
     out_dir = Path(out_dir); png = Path(png or out_dir/"contact_sheet.png")
     index = read_index(out_dir)
-    crops = index[index["crop_file"] != ""]
+    from deepfake_mlops.data import crop_image
+    crops = index[index["crop_path"] != ""]
     videos = list(dict.fromkeys(crops["video_id"]))
     if len(videos) > max_videos:  # spread the rows over the whole dataset
         videos = [videos[i] for i in np.linspace(0, len(videos) - 1, max_videos).round().astype(int)]
@@ -394,8 +460,8 @@ def contact_sheet(out_dir:str|Path, # an extraction folder
     for r, vid in enumerate(videos):
         files = crops[crops["video_id"] == vid]
         picks = files.iloc[np.linspace(0, len(files) - 1, min(per_video, len(files))).round().astype(int)]
-        for c, f in enumerate(picks["crop_file"]):
-            img = cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB)
+        for c, (_, row) in enumerate(picks.iterrows()):
+            img = crop_image(row)
             sheet[r * thumb:(r + 1) * thumb, c * thumb:(c + 1) * thumb] = cv2.resize(img, (thumb, thumb), interpolation=cv2.INTER_AREA)
         first = files.iloc[0]
         labels.append((f"{first['label']} {first['method']}  {vid[-28:]}", first["label"]))

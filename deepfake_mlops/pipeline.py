@@ -39,6 +39,7 @@ class PipelineSettings:
     response_types: tuple = (JSON_TYPE,)
     frames_per_video: int = DEFAULTS.frames_per_video
     face_size: int = DEFAULTS.face_size
+    crop_layout: str = DEFAULTS.crop_layout  # the CropLayout parameter's default: "folder" (a JPEG file per crop) or "shards"
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
     learning_rate: float = TrainConfig.lr
@@ -150,6 +151,7 @@ def _parameters(s:PipelineSettings, default_bucket:str, base_job_prefix:str) -> 
         input_data=ParameterString("InputData", default_value=f"s3://{default_bucket}/{base_job_prefix}/data"),
         frames=ParameterInteger("FramesPerVideo", default_value=s.frames_per_video),
         face_size=ParameterInteger("FaceSize", default_value=s.face_size),
+        layout=ParameterString("CropLayout", default_value=s.crop_layout, enum_values=list(DEFAULTS.limits["crop_layout"])),
         processing_type=ParameterString("ProcessingInstanceType", default_value=s.processing_instance_type),
         processing_count=ParameterInteger("ProcessingInstanceCount", default_value=s.processing_instance_count),
         training_type=ParameterString("TrainingInstanceType", default_value=s.training_instance_type),
@@ -197,7 +199,7 @@ def _preprocess_step(b:_Build):
                            s3_input_mode="FastFile")
     faces = ProcessingOutput(output_name="faces", source="/opt/ml/processing/output/faces",
                              destination=b.out_uri(STEP_NAMES["preprocess"], "faces"))
-    arguments = ["preprocess", "--frames", p["frames"].to_string(), "--face-size", p["face_size"].to_string()]
+    arguments = ["preprocess", "--frames", p["frames"].to_string(), "--face-size", p["face_size"].to_string(), "--layout", p["layout"]]
     job = _processor(b, "preprocess", p["processing_count"])
     args = job.run(code=b.code["launch.py"], inputs=[_source_input(b), videos, data], outputs=[faces], arguments=arguments)
     return ProcessingStep(STEP_NAMES["preprocess"], step_args=args, cache_config=b.cache)
@@ -209,7 +211,8 @@ def _evaluate_step(b:_Build, model_data, faces):
     from sagemaker.workflow.steps import ProcessingStep
     report = PropertyFile(name=PROPERTY_FILE, output_name="evaluation", path="evaluation.json")
     model = ProcessingInput(source=model_data, destination="/opt/ml/processing/model", input_name="model")
-    crops = ProcessingInput(source=faces, destination="/opt/ml/processing/faces", input_name="faces")
+    # FastFile: the test crops are read where they are needed, not the whole output copied first
+    crops = ProcessingInput(source=faces, destination="/opt/ml/processing/faces", input_name="faces", s3_input_mode="FastFile")
     evaluation = ProcessingOutput(output_name="evaluation", source="/opt/ml/processing/evaluation",
                                   destination=b.out_uri(STEP_NAMES["evaluate"], "evaluation"))
     args = _processor(b, "evaluate", 1).run(code=b.code["launch.py"], inputs=[_source_input(b), model, crops],
@@ -232,7 +235,9 @@ def _train_step(b:_Build, faces):
                         hyperparameters=hyperparameters, sagemaker_session=b.session, max_run=s.max_runtime_s,
                         disable_profiler=True, debugger_hook_config=False, code_location=b.uri("train-code"),
                         environment=_tracking_env(b))
-    args = estimator.fit({"train": TrainingInput(faces)})
+    # FastFile: the job starts at once and reads the crops as it trains (shards front to back), instead of
+    # downloading every object of the channel before the first step
+    args = estimator.fit({"train": TrainingInput(faces, input_mode="FastFile")})
     return TrainingStep(STEP_NAMES["train"], step_args=args, cache_config=b.cache)
 
 # %% ../nbs/14_pipeline.ipynb #1c7f9e3d

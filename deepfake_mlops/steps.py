@@ -63,7 +63,10 @@ def merge_shards(root:str|Path, # the preprocess output: one extraction folder p
         found = "; ".join(f"{s.name}: {v}" for s, v in zip(shards, settings))
         raise ValueError(f"{root}: shards were extracted with different settings: {found}")
     index = pd.concat([read_index(s) for s in shards], ignore_index=True)
-    index["crop_path"] = index.pop("crop_file")  # absolute: the crops stay in their shard
+    # absolute paths: the crops (a file each, or in tar shards) stay in the instance's folder
+    index["crop_path"] = index["crop_path"].where(index["shard_file"] != "", index["crop_file"])
+    index["shard"] = index.pop("shard_file")
+    index.pop("crop_file")
     manifest = pd.concat([_read_rows(s/"manifest.csv") for s in shards], ignore_index=True)
     # each shard lists the whole dataset; keep what was extracted
     manifest = manifest[manifest["video_id"].isin(set(index["video_id"]))]
@@ -90,7 +93,8 @@ def shard_manifest(data_dir:str|Path, # the whole dataset (for its label files)
 
 def preprocess(data_dir:str|Path, videos_dir:str|Path, out_root:str|Path,
                frames:int=DEFAULTS.frames_per_video, face_size:int=DEFAULTS.face_size,
-               margin:float=DEFAULTS.face_margin, workers:int|None=None) -> dict:
+               margin:float=DEFAULTS.face_margin, workers:int|None=None,
+               layout:str=DEFAULTS.crop_layout, shard_mb:float=DEFAULTS.shard_mb) -> dict:
     "Extract the faces of this instance's videos into `out_root/<host>`; returns the extraction summary."
     from deepfake_mlops.blazeface import install_weights
     # before any video is read: 0 frames would be reported as "no face found" in every video
@@ -106,7 +110,7 @@ def preprocess(data_dir:str|Path, videos_dir:str|Path, out_root:str|Path,
         raise ValueError(f"{videos_dir}: none of the videos listed under {data_dir} is there")
     install_weights()
     summary = extract_faces(manifest, Path(out_root)/host, frames=frames, face_size=face_size, margin=margin,
-                            workers=workers, progress=True)  # the job log is the only view of a running step (the local engine relays it)
+                            workers=workers, progress=True, layout=layout, shard_mb=shard_mb, shard_prefix=host)  # the job log is the only view of a running step (the local engine relays it)
     if not summary["ok"]:
         raise ValueError(f"no face found in any of the {summary['videos']} videos of {host}: {summary['problems'][:3]}")
     return summary
@@ -224,6 +228,8 @@ def _processing_parser() -> argparse.ArgumentParser:
     pre.add_argument("--face-size", type=int, default=DEFAULTS.face_size)
     pre.add_argument("--margin", type=float, default=DEFAULTS.face_margin)
     pre.add_argument("--workers", type=int, default=None)
+    pre.add_argument("--layout", default=DEFAULTS.crop_layout, choices=DEFAULTS.limits["crop_layout"])
+    pre.add_argument("--shard-mb", type=float, default=DEFAULTS.shard_mb)
     ev = sub.add_parser("evaluate", help="evaluation of the trained model on its test split")
     ev.add_argument("--subset", default="test")
     return p
@@ -235,7 +241,7 @@ def main(argv:list[str]|None=None) -> int:
     try:
         if a.step == "preprocess":
             preprocess(proc/"input"/"data", proc/"input"/"videos", proc/"output"/"faces",
-                       a.frames, a.face_size, a.margin, a.workers)
+                       a.frames, a.face_size, a.margin, a.workers, a.layout, a.shard_mb)
         else:
             tars = sorted((proc/"model").glob("*.tar.gz"))
             if not tars:

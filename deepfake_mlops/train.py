@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .core import DEFAULTS, TrainConfig, add_options, atomic_path, atomic_write_text, from_options
 from .manifest import read_manifest_csv, require_labels
-from .data import (FaceCrops, balanced_sampler, check_split, read_crops, read_split, split_videos,
+from .data import (FaceCrops, ShardCrops, balanced_sampler, check_split, read_crops, read_split, split_videos,
                                  train_augment, write_split)
 from .sbi import self_blend
 from .tracking import NoRun, code_version, file_digest, start_run
@@ -217,11 +217,16 @@ def _loss(model, x, y, device):
 def _train_epoch(run, s, dataset, rows, epoch) -> tuple[list[float], int]:
     "One pass over this process's share of the epoch's sample; returns the step losses and the images seen."
     cfg, proc = run.cfg, run.proc
-    order = _epoch_sample(rows, cfg, epoch, proc.rank, proc.world)
     items = _items_per_batch(cfg)
-    loader = DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=items,
-                        num_workers=cfg.workers, pin_memory=proc.device.type == "cuda", drop_last=len(order) > items,
-                        persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + proc.rank))
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + proc.rank)
+    if _streams(rows):  # shards: read front to back, each process its own shards
+        loader = DataLoader(_shard_stream(rows, dataset, cfg, epoch, proc), batch_size=items, num_workers=cfg.workers,
+                            pin_memory=proc.device.type == "cuda", persistent_workers=False, generator=generator)
+    else:
+        order = _epoch_sample(rows, cfg, epoch, proc.rank, proc.world)
+        loader = DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=items,
+                            num_workers=cfg.workers, pin_memory=proc.device.type == "cuda", drop_last=len(order) > items,
+                            persistent_workers=False, generator=generator)
     s.model.train()
     losses, seen = [], 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress or proc.rank != 0, leave=False)
@@ -244,15 +249,17 @@ def _train_epoch(run, s, dataset, rows, epoch) -> tuple[list[float], int]:
 # %% ../nbs/10_train.ipynb #13eb90bc
 _TRACKED = ("train_loss", "val_auc", "val_log_loss", "val_accuracy", "images_per_s", "lr", "train_s")  # per epoch, in MLflow
 
-def _end_epoch(run, s, val_rows, epoch, losses, seen:list[int], train_s, tracking=NoRun()) -> dict:
+def _end_epoch(run, s, val_rows, epoch, losses, seen:list[tuple[int, int]], # (images, steps) of each process
+               train_s, tracking=NoRun()) -> dict:
     "Validate, save the model when it is the best so far, checkpoint, write metrics.csv and log the epoch; returns its record."
     t1 = time.perf_counter()
     val, val_frames = _validate(s.model, val_rows, run.cfg, run.proc.device)
     val_s = time.perf_counter() - t1
     improved = _better(val, s.best)
-    images = sum(seen)  # `seen`: the images each process trained on, counted there
+    seen, steps = [n for n, _ in seen], [k for _, k in seen]  # the images and steps of each process, counted there
+    images = sum(seen)
     record = dict(epoch=epoch + 1, train_loss=float(np.mean(losses)) if losses else float("nan"),
-                  images=images, images_per_rank=";".join(map(str, seen)), images_per_s=round(images / train_s, 1),
+                  images=images, images_per_rank=";".join(map(str, seen)), steps_per_rank=";".join(map(str, steps)), images_per_s=round(images / train_s, 1),
                   train_s=round(train_s, 2), val_s=round(val_s, 2),
                   lr=s.opt.param_groups[0]["lr"], val_auc=val["auc"], val_log_loss=val["log_loss"],
                   val_accuracy=val["accuracy"], improved=bool(improved))
@@ -274,6 +281,17 @@ def _epoch_line(r):
             f"val AUC {r['val_auc']:.3f}, log loss {r['val_log_loss']:.3f}{' (best)' if r['improved'] else ''}")
 
 # %% ../nbs/10_train.ipynb #a13d3423
+def _streams(rows) -> bool:
+    "Training reads shards as streams when the extraction wrote shards."
+    return "shard_file" in rows and bool((rows["shard_file"] != "").all())
+
+def _shard_stream(rows, dataset, cfg, epoch, proc) -> ShardCrops:
+    "This epoch's draws, the same for every process, streamed from this process's shards with the training set's augmentation."
+    draws = _epoch_sample(rows, cfg, epoch, 0, 1)
+    return ShardCrops(rows, draws, rank=proc.rank, world=proc.world, workers=cfg.workers, batch=_items_per_batch(cfg),
+                      seed=cfg.seed * 1000 + epoch, augment=dataset.augment, blend=dataset.blend,
+                      blend_prob=dataset.blend_prob, pairs=dataset.pairs)
+
 def _training_set(rows, cfg) -> FaceCrops:
     "The training crops with their augmentation and self-blending, as the config says."
     margin = (1 - cfg.crop_jitter, 1.0) if cfg.crop_jitter else None
@@ -286,7 +304,10 @@ def _model_and_optimizer(run, rows) -> _State:
     model = build_model(cfg.backbone, pretrained=cfg.pretrained).to(run.proc.device)
     model = model.to(memory_format=torch.channels_last)  # faster on CPUs (oneDNN) as on GPUs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(_epoch_sample(rows, cfg, 0, run.proc.rank, run.proc.world)) / _items_per_batch(cfg)))
+    if _streams(rows):
+        stream = _shard_stream(rows, _training_set(rows, cfg), cfg, 0, run.proc)
+        steps_per_epoch = stream.steps
+    else: steps_per_epoch = max(1, math.ceil(len(_epoch_sample(rows, cfg, 0, run.proc.rank, run.proc.world)) / _items_per_batch(cfg)))
     total = cfg.epochs * steps_per_epoch
     # a tenth of the steps warm up; at exactly 10 steps OneCycleLR's warm-up would end at step 0 and divide by zero
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
@@ -365,8 +386,8 @@ def train(faces_dir:str|Path, # extraction folder (crops, faces.csv, manifest.cs
             t0 = time.perf_counter()
             losses, seen = _train_epoch(run, s, dataset, rows, epoch)
             trained += 1
-            counts = [seen] * run.proc.world  # each process's own count, gathered so metrics.csv can show every rank's share
-            if run.proc.world > 1: dist.all_gather_object(counts, seen)
+            counts = [(seen, len(losses))] * run.proc.world  # each process's own counts, gathered for metrics.csv
+            if run.proc.world > 1: dist.all_gather_object(counts, (seen, len(losses)))
             stop = torch.zeros(1, device=run.proc.device)  # NCCL broadcasts device tensors only
             if run.proc.rank == 0:
                 _end_epoch(run, s, val_rows, epoch, losses, counts, time.perf_counter() - t0, tracking)

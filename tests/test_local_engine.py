@@ -40,6 +40,22 @@ def test_a_changed_step_argument_is_what_the_local_run_executes(demo_clips, tmp_
     assert settings["margin"] == 0.45 and settings["frames"] == 4
 
 
+def test_the_pipeline_runs_on_tar_shards_read_where_they_lie(demo_clips, tmp_path):
+    # CropLayout=shards: two instances write their own shards, training and evaluation read them in place
+    proc = run_cli("run", "--root", tmp_path/"engine", "--data", demo_clips, *FAST, "--param", "CropLayout=shards",
+                   "--param", "ProcessingInstanceCount=2", timeout=1500)
+    assert proc.returncode == 0, describe(proc)
+    root = tmp_path/"engine"
+    written = sorted(p.name for p in (root/"store").rglob("*.tar"))
+    assert [n.split("-0")[0] for n in written] == ["algo-1", "algo-2"], written  # a shard of each instance's own
+    merged = next((root/"executions").rglob("merged-train"))
+    index = pd.read_csv(merged/"faces.csv", dtype=str, keep_default_na=False)
+    crops = index[index["crop_path"] != ""]
+    assert {Path(s).name for s in crops["shard"]} == set(written)
+    assert sorted(p.name for p in merged.iterdir()) == ["extraction.json", "faces.csv", "manifest.csv"]  # nothing copied
+    assert Registry(root/"registry.db").get("deepfake-detection", 1)["status"] == "PendingManualApproval"
+
+
 def test_preprocess_shards_videos_across_instances(ffpp, tmp_path):
     # a labels.csv slice of the FaceForensics++ sample, extracted by two "instances"
     videos = sorted(ffpp.rglob("*.mp4"))[:6]

@@ -18,7 +18,7 @@ STEPS = {"Preprocess": "Processing", "Train": "Training", "Evaluate": "Processin
 PARAMETERS = {"InputData": "String", "FramesPerVideo": "Integer", "FaceSize": "Integer", "ProcessingInstanceType": "String",
               "ProcessingInstanceCount": "Integer", "TrainingInstanceType": "String", "TrainingInstanceCount": "Integer",
               "Epochs": "Integer", "BatchSize": "Integer", "LearningRate": "Float", "Backbone": "String", "MinAuc": "Float",
-              "ModelApprovalStatus": "String", "MlflowTrackingUri": "String"}
+              "ModelApprovalStatus": "String", "MlflowTrackingUri": "String", "CropLayout": "String"}
 
 
 def build(tmp_path, name, region="ap-southeast-2", bucket="team-bucket-7"):

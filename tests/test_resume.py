@@ -4,9 +4,12 @@ import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import cv2
+import pandas as pd
 import pytest
 
-from deepfake_mlops.faces import LANDMARKS_FILE
+from deepfake_mlops.data import crop_image
+from deepfake_mlops.faces import LANDMARKS_FILE, read_index
+from deepfake_mlops.shards import iter_shard, read_member
 from deepfake_mlops.manifest import read_manifest
 from helpers import cli_command, describe, read_csv_text, run_cli, temp_leftovers
 
@@ -72,6 +75,45 @@ def test_kill_and_resume(demo_clips, tmp_path):
     assert {vid: after[vid] for vid in before} == before, "parts finished before the kill were rewritten"
     assert {c: (out/c).stat().st_mtime_ns for c in crop_mtimes} == crop_mtimes, "crops finished before the kill were rewritten"
     assert temp_leftovers(out/"crops") == [], "the half-written crops of the killed run must be cleared"
+
+
+def _shard_members(shard:Path) -> dict[str, bytes]:
+    return dict(iter_shard(shard))
+
+
+def test_kill_mid_shard_and_resume(demo_clips, tmp_path):
+    out, log = tmp_path/"faces", tmp_path/"first-run.log"
+    ids = read_manifest(demo_clips)["video_id"].tolist()
+    shards_layout = ["--layout", "shards", "--shard-mb", 1, "--workers", 1, "--no-contact-sheet"]  # about 3 clips a shard
+    status = _kill_after_parts(cli_command("extract", demo_clips, "--out", out, *shards_layout), out, 1, log)
+    assert status == -signal.SIGKILL, f"the run ended by itself (exit {status}) before it could be killed:\n{log.read_text()}"
+    # what a kill leaves: finished shards, each whole, each with one part file that lists its videos
+    finished = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out/"shards").glob("*.tar")}
+    before = {p.name: p.read_bytes() for p in _parts(out)}
+    assert sorted(before) == sorted(f"{name}.csv" for name in finished), (sorted(finished), sorted(before))
+    listed = pd.concat([read_csv_text(out/"parts"/name) for name in before])
+    done = set(listed["video_id"])
+    assert finished and 1 <= len(done) < len(ids), (sorted(finished), len(done))
+    crops = listed[listed["crop_path"] != ""]
+    for shard, rows in crops.groupby("shard"):
+        members = _shard_members(out/shard)
+        assert set(rows["crop_path"]) == {m for m in members if not m.endswith(LANDMARKS_FILE)}, f"{shard}: members and parts disagree"
+        for r in rows.itertuples():
+            assert read_member(out/shard, int(float(r.offset)), int(float(r.size))) == members[r.crop_path]
+    # the next run skips the finished videos, redoes the rest, and leaves the finished shards as they were
+    proc = run_cli("extract", demo_clips, "--out", out, *shards_layout)
+    assert proc.returncode == 0, describe(proc)
+    summary = json.loads((out/"summary.json").read_text())
+    assert summary["skipped"] == len(done) and summary["processed"] == len(ids) - len(done) and summary["ok"] == len(ids), summary
+    assert {name: (p.stat().st_mtime_ns, p.read_bytes()) for name in finished for p in [out/"shards"/name]} == finished
+    assert {p.name: p.read_bytes() for p in _parts(out) if p.name in before} == before
+    assert temp_leftovers(out/"shards") == [], "the shard in flight at the kill must be cleared"
+    index = read_index(out)
+    index = index[index["crop_path"] != ""]
+    assert set(index["video_id"]) == set(ids) and (index["shard_file"] != "").all() and (index["crop_file"] == "").all()
+    per_shard = index.groupby("shard_file")["video_id"].nunique()
+    assert len(per_shard) > len(finished) and (index.groupby("video_id")["shard_file"].nunique() == 1).all()  # a video in one shard
+    assert all(crop_image(r).shape == (224, 224, 3) for _, r in index.sample(20, random_state=0).iterrows())
 
 
 # a process killed inside `core.atomic_path`, as a SIGKILL of `extract` leaves it while it writes a part or the index

@@ -70,6 +70,50 @@ def test_distributed_training_with_two_processes(demo_faces, tmp_path):
     assert model.config["backbone"] == "efficientnet_lite0" and model.backbone_name == "efficientnet_lite0"
 
 
+@pytest.fixture(scope="module")
+def demo_shards(demo_clips, tmp_path_factory) -> Path:
+    "The demo clips' crops (8 frames each) in the shards layout, a quarter of a MiB a shard: four shards."
+    out = tmp_path_factory.mktemp("shards")/"faces"
+    proc = run_cli("extract", demo_clips, "--out", out, "--frames", 8, "--workers", 2, "--no-contact-sheet",
+                   "--layout", "shards", "--shard-mb", 0.25)
+    assert proc.returncode == 0, describe(proc)
+    assert len(list((out/"shards").glob("*.tar"))) >= 4
+    return out
+
+
+def test_training_streams_shards_and_scores_them_as_it_scores_files(demo_faces, demo_shards, tmp_path):
+    "The same seed from files and from shards: both train; and a model scores the crops of both layouts alike, to the bit."
+    from deepfake_mlops.data import read_crops
+    from deepfake_mlops.evaluate import score_crops
+    from deepfake_mlops.model import load_model
+    for name, faces in (("files", demo_faces), ("shards", demo_shards)):
+        proc = subprocess.run(_train_argv(faces, tmp_path/name, "--epochs", 2), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, describe(proc)
+    split = read_split(tmp_path/"files"/"split.csv")
+    assert split.equals(read_split(tmp_path/"shards"/"split.csv"))  # the same videos from either layout
+    files, shards = (pd.read_csv(tmp_path/n/"metrics.csv") for n in ("files", "shards"))
+    # one process reads every draw of the epoch, as many as the files layout trains on
+    assert (shards["images"] >= files["images"]).all(), (shards["images"], files["images"])
+    assert shards["val_auc"].between(0, 1).all() and (shards["val_log_loss"] > 0).all()
+    model = load_model(tmp_path/"shards")
+    val = {n: read_crops(f, split).query("split == 'val'").sort_values("crop_path").reset_index(drop=True) for n, f in (("files", demo_faces), ("shards", demo_shards))}
+    assert (val["shards"]["shard_file"] != "").all() and (val["files"]["crop_file"] != "").all()
+    assert (score_crops(model, val["files"]) == score_crops(model, val["shards"])).all()
+
+
+def test_distributed_training_reads_each_shard_in_one_process(demo_shards, tmp_path):
+    "Two torchrun processes over the shards: each reads its own, and both take the same number of steps (or DDP would hang)."
+    out = tmp_path/"model"
+    argv = _train_argv(demo_shards, out, "--epochs", 1)[1:]
+    proc = subprocess.run([str(Path(sys.executable).parent/"torchrun"), "--standalone", "--nproc_per_node", "2", *argv],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, describe(proc)
+    metrics = pd.read_csv(out/"metrics.csv", dtype={"images_per_rank": str, "steps_per_rank": str})
+    steps = [int(n) for n in metrics["steps_per_rank"][0].split(";")]
+    images = [int(n) for n in metrics["images_per_rank"][0].split(";")]
+    assert steps[0] == steps[1] > 0 and all(8 * (k - 1) < n <= 8 * k for n, k in zip(images, steps)), (steps, images)
+
+
 def test_killed_training_resumes_from_its_checkpoint(demo_faces, tmp_path):
     out = tmp_path/"model"
     proc = subprocess.Popen(_train_argv(demo_faces, out, "--epochs", 3), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
