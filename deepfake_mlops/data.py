@@ -275,7 +275,7 @@ def balanced_sampler(targets, generator:torch.Generator|None=None, real_share:fl
     weights = np.where(targets == 0, real_share / n_real, (1 - real_share) / n_fake)
     return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(targets), replacement=True, generator=generator)
 
-# %% ../nbs/06_data.ipynb #6003d3d0
+# %% ../nbs/06_data.ipynb #df1387ec
 def _deal(items:list, load, bins:int) -> list[list]:
     "Items to `bins` bins, the heaviest first to the lightest bin (ties in the given order)."
     out, loads = [[] for _ in range(bins)], np.zeros(bins, np.int64)
@@ -309,7 +309,7 @@ def stream_plan(shards:np.ndarray, # per row of the training crops: its shard fi
     return [[(r, k) for r, k in zip(rank, n)] for rank, n in zip(plan, items)], steps
 
 
-# %% ../nbs/06_data.ipynb #348fefd4
+# %% ../nbs/06_data.ipynb #0a13a5ea
 class ShardCrops(FaceCrops, torch.utils.data.IterableDataset):
     "Training crops streamed from shards: each reader (rank x DataLoader worker) reads its own shards front to back, shuffling in a buffer."
     def __init__(self, crops:pd.DataFrame, # rows of `read_crops` in the shards layout

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS model_packages (
 CREATE TABLE IF NOT EXISTS status_changes (
     group_name TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, note TEXT NOT NULL DEFAULT '',
     changed_by TEXT NOT NULL, changed TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS status_changes_by_version ON status_changes (group_name, version);
 """
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -70,20 +71,23 @@ class Registry:
         "One version with its status history; KeyError naming what exists when it does not."
         with connect(self.path) as db:
             row = db.execute("SELECT * FROM model_packages WHERE group_name = ? AND version = ?", (group, int(version))).fetchone()
-            found = _record(row, _histories(db)) if row is not None else None
+            found = _record(row, _histories(db, group, version)) if row is not None else None
         if found is None:
             known = [f"{r['group_name']}:{r['version']}" for r in self.list(group)]
             raise KeyError(f"no model package {group}:{version} in {self.path}" + (f"; versions: {', '.join(known)}" if known else ""))
         return found
 
-    def list(self, group:str|None=None, status:str|None=None) -> list[dict]:
-        "Versions, newest first, optionally of one group and one status."
+    def list(self, group:str|None=None, status:str|None=None, limit:int|None=None) -> list[dict]:
+        "Versions, newest first, optionally of one group and one status, at most `limit` of them."
         sql, args = "SELECT * FROM model_packages WHERE 1=1", []
         if group: sql += " AND group_name = ?"; args.append(group)
         if status: sql += " AND status = ?"; args.append(status)
+        sql += " ORDER BY group_name, version DESC"
+        if limit is not None: sql += " LIMIT ?"; args.append(int(limit))
         with connect(self.path) as db:
-            histories = _histories(db)
-            return [_record(r, histories) for r in db.execute(sql + " ORDER BY group_name, version DESC", args).fetchall()]
+            rows = db.execute(sql, args).fetchall()
+            histories = _histories(db, group or None) if len(rows) != 1 else _histories(db, rows[0]["group_name"], rows[0]["version"])
+            return [_record(r, histories) for r in rows]
 
     def set_status(self, group:str, version:int, status:str, note:str="", by:str|None=None) -> dict:
         "Approve or reject a version (or put it back to pending); the change joins its history."
@@ -103,7 +107,7 @@ class Registry:
         if which.isdigit(): return self.get(group, int(which))
         if which not in ("latest", "latest-approved"):
             raise ValueError(f"{ref!r}: write GROUP:VERSION, GROUP:latest or GROUP:latest-approved")
-        found = self.list(group, "Approved" if which == "latest-approved" else None)
+        found = self.list(group, "Approved" if which == "latest-approved" else None, limit=1)
         if not found:
             raise KeyError(f"{ref}: no {'approved ' if which == 'latest-approved' else ''}version of model package group {group!r} in {self.path}")
         return found[0]
@@ -114,10 +118,13 @@ def _record_change(db, group:str, version:int, status:str, note:str, by:str|None
     db.execute("INSERT INTO status_changes (group_name, version, status, note, changed_by, changed) VALUES (?, ?, ?, ?, ?, ?)",
                (group, int(version), status, note, by or _user(), when))
 
-def _histories(db) -> dict:
-    "Every version's status changes, oldest first, by (group, version)."
+def _histories(db, group:str|None=None, version:int|None=None) -> dict:
+    "Status changes, oldest first, by (group, version): of one group, or one version, when given (the index finds them)."
+    sql, args = "SELECT * FROM status_changes WHERE 1=1", []
+    if group is not None: sql += " AND group_name = ?"; args.append(group)
+    if version is not None: sql += " AND version = ?"; args.append(int(version))
     out = {}
-    for r in db.execute("SELECT * FROM status_changes ORDER BY rowid").fetchall():
+    for r in db.execute(sql + " ORDER BY rowid", args).fetchall():
         out.setdefault((r["group_name"], r["version"]), []).append(dict(status=r["status"], note=r["note"], by=r["changed_by"], at=r["changed"]))
     return out
 
