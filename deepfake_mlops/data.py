@@ -21,7 +21,8 @@ from .shards import iter_shard, read_member
 # %% auto #0
 __all__ = ['SPLITS', 'identity_components', 'split_videos', 'check_split', 'write_split', 'read_split', 'crop_keypoints',
            'index_keypoints', 'crop_landmarks', 'landmarks_of', 'read_crops', 'DownUp', 'RandomMargin', 'Noise',
-           'train_augment', 'FaceCrops', 'decode_crop', 'crop_image', 'balanced_sampler', 'stream_plan', 'ShardCrops']
+           'train_augment', 'FaceCrops', 'decode_crop', 'load_crop', 'crop_image', 'balanced_sampler', 'stream_plan',
+           'ShardCrops']
 
 # %% ../nbs/06_data.ipynb #1c2bbcf5
 SPLITS = ("train", "val", "test")
@@ -225,13 +226,7 @@ class FaceCrops(Dataset):
         if pairs and (blend is None or (self.targets != 0).any()): raise ValueError("pairs need a blend and real crops only")
         self.augment, self.blend, self.blend_prob, self.pairs = augment, blend, blend_prob, pairs
     def __len__(self): return len(self.files)
-    def _image(self, i):
-        if self.shards[i]:
-            offset, size = self.offsets[i]
-            return decode_crop(read_member(self.shards[i], int(offset), int(size)), f"{self.shards[i]} at {int(offset)}")
-        image = cv2.imread(self.files[i], cv2.IMREAD_COLOR)
-        if image is None: raise ValueError(f"{self.files[i]}: not a readable image")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    def _image(self, i): return load_crop(self.files[i], self.shards[i], *(self.offsets[i] or (None, None)))
     def __getitem__(self, i): return self._item(i, self._image(i), self.points[i] if self.points is not None else None)
     def _item(self, i, image, points):
         "Crop `i` as a training item, given its RGB image and what its self-blend's mask follows."
@@ -254,13 +249,14 @@ def decode_crop(data:bytes, name:str) -> np.ndarray:
     if image is None: raise ValueError(f"{name}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
+def load_crop(crop_file:str, shard_file:str="", offset=None, size=None) -> np.ndarray:
+    "A stored crop's RGB pixels: its own JPEG file, or `size` bytes at `offset` of its shard."
+    if shard_file: return decode_crop(read_member(shard_file, int(offset), int(size)), f"{shard_file} at {int(offset)}")
+    with open(crop_file, "rb") as f: return decode_crop(f.read(), crop_file)
+
 def crop_image(row) -> np.ndarray:
     "The RGB pixels of the crop of one index row (`read_crops` or `faces.read_index`), in either layout."
-    if row.get("shard_file"):
-        return decode_crop(read_member(row["shard_file"], int(row["offset"]), int(row["size"])), f"{row['shard_file']} at {int(row['offset'])}")
-    image = cv2.imread(row["crop_file"], cv2.IMREAD_COLOR)
-    if image is None: raise ValueError(f"{row['crop_file']}: not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return load_crop(row["crop_file"], row.get("shard_file", ""), row.get("offset"), row.get("size"))
 
 def _blend_points(crops):
     "Per crop, what a self-blend's mask follows: its landmarks where extraction kept them, else its keypoints."
@@ -316,7 +312,7 @@ class ShardCrops(FaceCrops, torch.utils.data.IterableDataset):
                  draws:np.ndarray, # the epoch's draws (row indices; a row drawn twice is read once and used twice)
                  rank:int=0, world:int=1, # this process among the DDP processes
                  workers:int=0, # DataLoader workers of this process
-                 batch:int=32, # items per batch: every reader yields the same number of whole batches
+                 batch:int=32, # items per batch: every process yields the same number of batches
                  seed:int=0, # the epoch's seed: shard order and buffer
                  buffer:int=1024, # items held for shuffling (encoded JPEGs: about 15 kB each at 224 px)
                  **kw): # `FaceCrops` options: augment, blend, blend_prob, pairs
@@ -327,7 +323,7 @@ class ShardCrops(FaceCrops, torch.utils.data.IterableDataset):
         self.plan = plan[rank]  # per reader: (shards, items)
         self.wanted = pd.Series(draws).groupby(crops["crop_path"].to_numpy()[draws]).agg(list).to_dict()  # member -> its draws
         self.frames = crops["frame_index"].astype(int).to_numpy()
-        self.batch, self.seed, self.rank, self.buffer = batch, seed, rank, buffer
+        self.seed, self.rank, self.buffer = seed, rank, buffer
     def __len__(self): return sum(n for _, n in self.plan)
     def _reader(self) -> int:
         info = torch.utils.data.get_worker_info()
@@ -336,10 +332,11 @@ class ShardCrops(FaceCrops, torch.utils.data.IterableDataset):
         return info.id if info else 0
     def _stream(self, shards):
         "(row, JPEG bytes, landmarks or None) of every draw in `shards`, in the order the shards hold them."
+        from deepfake_mlops.faces import LANDMARKS_FILE
         points = {}
         for shard in shards:
             for name, data in iter_shard(shard):
-                if name.endswith("/landmarks.npz"): points = landmarks_of(data); continue  # comes before its video's crops
+                if name.endswith(f"/{LANDMARKS_FILE}"): points = landmarks_of(data); continue  # comes before its video's crops
                 for i in self.wanted.get(name, ()):
                     if self.shards[i] == shard: yield i, data, points.get(int(self.frames[i]))
     def __iter__(self):

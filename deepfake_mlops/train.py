@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .core import DEFAULTS, TrainConfig, add_options, atomic_path, atomic_write_text, from_options
 from .manifest import read_manifest_csv, require_labels
-from .data import (FaceCrops, ShardCrops, balanced_sampler, check_split, read_crops, read_split, split_videos,
+from .data import (FaceCrops, ShardCrops, balanced_sampler, stream_plan, check_split, read_crops, read_split, split_videos,
                                  train_augment, write_split)
 from .sbi import self_blend
 from .tracking import NoRun, code_version, file_digest, start_run
@@ -304,9 +304,9 @@ def _model_and_optimizer(run, rows) -> _State:
     model = build_model(cfg.backbone, pretrained=cfg.pretrained).to(run.proc.device)
     model = model.to(memory_format=torch.channels_last)  # faster on CPUs (oneDNN) as on GPUs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if _streams(rows):
-        stream = _shard_stream(rows, _training_set(rows, cfg), cfg, 0, run.proc)
-        steps_per_epoch = stream.steps
+    if _streams(rows):  # the plan alone says how many steps a process takes; no stream needs opening for it
+        steps_per_epoch = stream_plan(rows["shard_file"].to_numpy(), _epoch_sample(rows, cfg, 0, 0, 1), run.proc.world, cfg.workers,
+                                      _items_per_batch(cfg), cfg.seed * 1000)[1]
     else: steps_per_epoch = max(1, math.ceil(len(_epoch_sample(rows, cfg, 0, run.proc.rank, run.proc.world)) / _items_per_batch(cfg)))
     total = cfg.epochs * steps_per_epoch
     # a tenth of the steps warm up; at exactly 10 steps OneCycleLR's warm-up would end at step 0 and divide by zero

@@ -230,11 +230,6 @@ def _pager(pages, i:int) -> str:
     nxt = f"<a href='{pages[i + 1]['file']}'>{html.escape(pages[i + 1]['title'])} →</a>" if i + 1 < len(pages) else "<span></span>"
     return f"<div class='pager'>{prev}{nxt}</div>"
 
-def _local_links(body:str, doc_url:str|None) -> str:
-    "nbdev's links to this project's published pages point at the local copies instead."
-    if not doc_url: return body
-    return re.sub(r'href="' + re.escape(doc_url.rstrip("/")) + r'/([^"/]+\.html(?:#[^"]*)?)"', r'href="\1"', body)
-
 def symbol_links(package:str) -> dict[str, str]:
     "Exported name -> its place in the site (`page.html#name`), from nbdev's index of the package; names two modules share are left out."
     from importlib import import_module
@@ -258,7 +253,7 @@ def notebooks(nbs:Path) -> list[Path]:
     "The documented notebooks in data-flow order: numbered ones by number, then the orchestration notebook."
     return sorted(nbs.glob("[0-9]*.ipynb")) + sorted(nbs.glob("run_*.ipynb"))
 
-def render_site(nbs:Path, out:Path, report:Path|None=None, package:str="deepfake_mlops", doc_url:str|None=None) -> list[dict]:
+def render_site(nbs:Path, out:Path, report:Path|None=None, package:str="deepfake_mlops") -> list[dict]:
     "Write one page per notebook and an index into `out`; returns the pages (file, title, summary, source)."
     out.mkdir(parents=True, exist_ok=True)
     pages = []
@@ -269,7 +264,7 @@ def render_site(nbs:Path, out:Path, report:Path|None=None, package:str="deepfake
         pages.append(dict(file=file, title=fm.get("title", path.stem), summary=fm.get("description", ""), source=path.name, nb=nb))
     links = symbol_links(package)
     for i, p in enumerate(pages):
-        body = _link_names(_local_links(render_body(page_cells(p["nb"])), doc_url), links)
+        body = _link_names(render_body(page_cells(p["nb"])), links)
         text = _page(p["title"], _markdown_inline(p["summary"]) if p["summary"] else "", body, _nav(pages, p["file"]), _pager(pages, i))
         _write(out/p["file"], text)
     _write(out/"index.html", _index(pages, out, report))
@@ -317,11 +312,6 @@ def _write(path:Path, text:str):
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
-def _doc_url() -> str|None:
-    import tomllib
-    cfg = tomllib.loads((Path(__file__).resolve().parents[1]/"pyproject.toml").read_text())
-    return cfg.get("project", {}).get("urls", {}).get("Documentation")
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -335,7 +325,7 @@ def main(argv=None) -> int:
     rep.add_argument("--docs", type=Path, default=None, help="a rendered site to link back to")
     a = ap.parse_args(argv)
     if a.what == "site":
-        pages = render_site(a.nbs, a.out, a.report, doc_url=_doc_url())
+        pages = render_site(a.nbs, a.out, a.report)
         print(f"{len(pages)} pages in {a.out}/index.html")
     else:
         print(f"report: {render_report(a.notebook, a.out, a.docs)}")
