@@ -59,7 +59,8 @@ def synthetic_index(manifest:pd.DataFrame, seed:int=0) -> pd.DataFrame:
                             keypoints=[kps[i % 1000] for i in range(n)],
                             crop_path=["crops/" + v + f"/{f:06d}.jpg" for v, f in zip(rep["video_id"], frame)],
                             shard=[f"shards/algo-1-{k // SHARD_CROPS + 1:06d}.tar" for k in range(n)],
-                            offset=np.cumsum(size) % (256 << 20), size=size))
+                            offset=np.cumsum(size) % (256 << 20), size=size,
+                            landmarks_offset=np.nan, landmarks_size=np.nan))  # no landmarks: nothing in the empty shards to read
     return pd.concat([rep, idx], axis=1)[INDEX_COLUMNS + SHARD_COLUMNS]
 
 

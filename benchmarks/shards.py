@@ -1,20 +1,25 @@
-"""Training from tar shards next to training from a JPEG file per crop: the same crops, seed and settings, in one run.
+"""Training from tar shards next to training from a JPEG file per crop: the same crops, seeds and settings, in one run.
 
-Each round reads one epoch's draws through the training DataLoader alone (decode, self-blend, augment; no model),
-then trains for `--epochs` from each layout; rounds alternate the order. Reported: images/s of the loader and of
-training (metrics.csv), the validation AUC and log loss of each training, and what the layouts cost in objects.
+Three ways to read the same crops: `files` (a JPEG file per crop), `stream` (shards read front to back, each reader
+its own shards, a buffer shuffle; the default for shards) and `offset` (shards read crop by crop at the offsets of
+the index, in the files layout's order). For each seed, and each way in a rotating order: the epoch's draws read
+as bytes alone (storage), through the training DataLoader (reading, decoding, self-blending, augmenting; no model),
+then a training of `--epochs`. Reported: images/s of each, the ratios to `files` measured in the same round, the
+validation AUC and log loss of each training, and what each layout costs in objects.
 
     deepfake-mlops extract ../shared/datasets/ffpp --out runs/ffpp-faces
     deepfake-mlops extract ../shared/datasets/ffpp --out runs/ffpp-shards --layout shards --shard-mb 2
     .venv/bin/python benchmarks/shards.py --files runs/ffpp-faces --shards runs/ffpp-shards --out benchmarks/results/shards-cpu.json
 """
 from __future__ import annotations
-import argparse, json, os, platform, shutil, sys, tempfile, time
+import argparse, dataclasses, json, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+
+WAYS = dict(files="files", stream="shards", offset="shards")  # way -> the layout it reads
 
 
 def _stored(faces:Path) -> dict:
@@ -23,19 +28,51 @@ def _stored(faces:Path) -> dict:
     return dict(objects=len(files), mb=round(sum(p.stat().st_size for p in files) / 2**20, 1))
 
 
-def loader_rate(faces:Path, split:pd.DataFrame, cfg, epoch:int=0) -> dict:
-    "Images/s of one epoch's training DataLoader over `faces` (reading, decoding, blending, augmenting; no model)."
-    from torch.utils.data import DataLoader
+def _rows(faces:Path, split:pd.DataFrame, cfg):
     from deepfake_mlops.data import read_crops
-    from deepfake_mlops.train import _Proc, _epoch_sample, _items_per_batch, _shard_stream, _streams, _train_rows, _training_set
-    rows = _train_rows(read_crops(faces, split), cfg)
-    dataset = _training_set(rows, cfg)
-    if _streams(rows): data = _shard_stream(rows, dataset, cfg, epoch, _Proc(0, 1, 0, torch.device("cpu")))
-    else: data = torch.utils.data.Subset(dataset, _epoch_sample(rows, cfg, epoch, 0, 1).tolist())
-    loader = DataLoader(data, batch_size=_items_per_batch(cfg), num_workers=cfg.workers)
+    from deepfake_mlops.train import _train_rows
+    return _train_rows(read_crops(faces, split), cfg)
+
+
+def read_rate(rows:pd.DataFrame, cfg, way:str) -> dict:
+    "Images/s of reading one epoch's draws as bytes, nothing decoded: the storage alone."
+    from deepfake_mlops.data import stream_plan
+    from deepfake_mlops.shards import read_members
+    from deepfake_mlops.train import _epoch_sample
+    draws = _epoch_sample(rows, cfg, 0, 0, 1)
     t, n = time.perf_counter(), 0
-    for x, _, _ in loader: n += x.shape[0] * (x.shape[1] if x.dim() == 5 else 1)
-    return dict(images=n, seconds=round(time.perf_counter() - t, 2), images_per_s=round(n / (time.perf_counter() - t), 1))
+    if way == "stream":
+        plan, _ = stream_plan(rows["shard_file"].to_numpy(), draws, 1, 1, cfg.batch_size, cfg.seed)
+        drawn = rows.iloc[np.unique(draws)].sort_values("offset")
+        for shard in plan[0][0][0]:
+            mine = drawn[drawn["shard_file"] == shard]
+            n += sum(1 for _ in read_members(shard, zip(mine["offset"].astype(int), mine["size"].astype(int))))
+    else:
+        for i in draws:
+            r = rows.iloc[i]
+            if way == "offset":
+                with open(r["shard_file"], "rb") as f: f.seek(int(r["offset"])); f.read(int(r["size"]))
+            else:
+                with open(r["crop_file"], "rb") as f: f.read()
+            n += 1
+    s = time.perf_counter() - t
+    return dict(images=n, seconds=round(s, 3), images_per_s=round(n / s, 1))
+
+
+def loader_rate(rows:pd.DataFrame, cfg, epoch:int=0) -> dict:
+    "Images/s of one epoch's training DataLoader (reading, decoding, blending, augmenting; no model)."
+    from torch.utils.data import DataLoader
+    from deepfake_mlops.train import _Proc, _epoch_sample, _items_per_batch, _shard_stream, _streams, _training_set
+    dataset = _training_set(rows, cfg)
+    if _streams(rows, cfg): batches = _shard_stream(rows, dataset, cfg, epoch, _Proc(0, 1, 0, torch.device("cpu"))).batches()
+    else:
+        order = _epoch_sample(rows, cfg, epoch, 0, 1)
+        batches = DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=_items_per_batch(cfg),
+                             num_workers=cfg.workers, drop_last=True)
+    t, n = time.perf_counter(), 0
+    for x, _, _ in batches: n += x.shape[0] * (x.shape[1] if x.dim() == 5 else 1)
+    s = time.perf_counter() - t
+    return dict(images=n, seconds=round(s, 2), images_per_s=round(n / s, 1))
 
 
 def train_once(faces:Path, out:Path, split:Path, cfg) -> dict:
@@ -44,9 +81,14 @@ def train_once(faces:Path, out:Path, split:Path, cfg) -> dict:
     t = time.perf_counter()
     train(faces, out, cfg, split=split, progress=False)
     m = pd.read_csv(out/"metrics.csv")
-    return dict(seconds=round(time.perf_counter() - t, 1), images=int(m["images"].sum()),
+    return dict(seconds=round(time.perf_counter() - t, 1), images=int(m["images"].sum()), steps=m["steps_per_rank"].astype(str).tolist(),
                 images_per_s=round(float(m["images"].sum() / m["train_s"].sum()), 1),
                 val_auc=[round(v, 4) for v in m["val_auc"]], val_log_loss=[round(v, 4) for v in m["val_log_loss"]])
+
+
+def _spread(values) -> dict:
+    v = np.asarray(values, float)
+    return dict(median=round(float(np.median(v)), 3), min=round(float(v.min()), 3), max=round(float(v.max()), 3))
 
 
 def main(argv=None) -> int:
@@ -56,39 +98,47 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=Path, required=True, help="an extraction folder in the folder layout")
     ap.add_argument("--shards", type=Path, required=True, help="the same videos extracted with --layout shards")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
-    cfg = TrainConfig(epochs=a.epochs, workers=a.workers, seed=0)
-    work = Path(tempfile.mkdtemp(prefix="deepfake-mlops-shards-"))
-    split = work/"split.csv"  # one split for both: the same videos train and validate
-    split_videos(read_manifest_csv(a.files/"manifest.csv"), seed=0).to_csv(split, index=False)
     layouts = dict(files=a.files, shards=a.shards)
-    rounds = []
+    work = Path(tempfile.mkdtemp(prefix="deepfake-mlops-shards-"))
     load = os.getloadavg()[0]
-    for r in range(a.rounds):
-        order = list(layouts) if r % 2 == 0 else list(layouts)[::-1]
-        result = {}
-        for name in order:
-            result[name] = dict(loader=loader_rate(layouts[name], pd.read_csv(split, dtype=str), cfg),
-                                train=train_once(layouts[name], work/name, split, cfg))
-            print(f"round {r + 1} {name:6s} loader {result[name]['loader']['images_per_s']:7.1f} img/s, "
-                  f"training {result[name]['train']['images_per_s']:6.1f} img/s, val AUC {result[name]['train']['val_auc']}", flush=True)
+    rounds = []
+    for r, seed in enumerate(a.seeds):
+        split = work/f"split-{seed}.csv"  # one split per seed for every way: the same videos train and validate
+        split_videos(read_manifest_csv(a.files/"manifest.csv"), seed=seed).to_csv(split, index=False)
+        ways = list(WAYS)[r % 3:] + list(WAYS)[:r % 3]  # each way first once in three seeds
+        result = dict(seed=seed, order=ways)
+        for way in ways:
+            cfg = TrainConfig(epochs=a.epochs, workers=a.workers, seed=seed, shard_reads="offset" if way == "offset" else "stream")
+            rows = _rows(layouts[WAYS[way]], pd.read_csv(split, dtype=str), cfg)
+            result[way] = dict(read=read_rate(rows, cfg, way), loader=loader_rate(rows, cfg),
+                               train=train_once(layouts[WAYS[way]], work/way, split, cfg))
+            print(f"seed {seed} {way:6s} read {result[way]['read']['images_per_s']:8.1f} img/s, "
+                  f"loader {result[way]['loader']['images_per_s']:6.1f} img/s, training {result[way]['train']['images_per_s']:5.1f} img/s, "
+                  f"val AUC {result[way]['train']['val_auc']}", flush=True)
         rounds.append(result)
-    summary = {name: dict(loader_images_per_s=float(np.median([r[name]["loader"]["images_per_s"] for r in rounds])),
-                          train_images_per_s=float(np.median([r[name]["train"]["images_per_s"] for r in rounds])),
-                          stored=_stored(layouts[name])) for name in layouts}
-    summary["ratio_shards_over_files"] = dict(
-        loader=round(summary["shards"]["loader_images_per_s"] / summary["files"]["loader_images_per_s"], 3),
-        train=round(summary["shards"]["train_images_per_s"] / summary["files"]["train_images_per_s"], 3))
+    summary = {}
+    for way in WAYS:
+        summary[way] = {f"{k}_images_per_s": _spread([r[way][k]["images_per_s"] for r in rounds]) for k in ("read", "loader", "train")}
+        summary[way]["val_auc"] = [r[way]["train"]["val_auc"][-1] for r in rounds]
+        summary[way]["val_log_loss"] = [r[way]["train"]["val_log_loss"][-1] for r in rounds]
+        summary[way]["val_auc_mean"] = round(float(np.mean(summary[way]["val_auc"])), 4)
+        if way != "files":  # each ratio from one round, where both ran minutes apart
+            summary[way]["ratio_to_files"] = {k: _spread([r[way][k]["images_per_s"] / r["files"][k]["images_per_s"] for r in rounds])
+                                              for k in ("read", "loader", "train")}
+    summary["stored"] = {name: _stored(path) for name, path in layouts.items()}
     print(json.dumps(summary, indent=2))
     if a.out:
+        cfg = TrainConfig(epochs=a.epochs, workers=a.workers)
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(dict(machine=f"{platform.machine()}, {os.cpu_count()} cores", load_before=round(load, 2),
-                                         load_after=round(os.getloadavg()[0], 2), config=dict(epochs=a.epochs, workers=a.workers,
-                                         batch_size=cfg.batch_size, crops_per_video=cfg.crops_per_video, seed=0),
+                                         load_after=round(os.getloadavg()[0], 2),
+                                         config=dict(epochs=a.epochs, workers=a.workers, seeds=a.seeds, batch_size=cfg.batch_size,
+                                                     crops_per_video=cfg.crops_per_video, backbone=cfg.backbone, blend=cfg.blend),
                                          summary=summary, rounds=rounds), indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return 0

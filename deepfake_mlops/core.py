@@ -114,6 +114,7 @@ class TrainConfig:
     patience: int = 3  # epochs without improvement before stopping
     seed: int = 0  # seeds the split, the sampling and the weights
     workers: int = 2  # DataLoader processes
+    shard_reads: Literal["stream", "offset"] = "stream"  # crops in shards: "stream" reads each shard front to back (S3, FastFile), "offset" reads crops by offset in the files layout's order (the same training as from files)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # "auto": cuda when available, else cpu
     pretrained: bool = True  # ImageNet weights for the backbone
     limits: ClassVar[dict] = dict(  # fields annotated Literal allow their listed values

@@ -6,23 +6,23 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/data.html.md"""
 
 # %% ../nbs/06_data.ipynb #4aea5ab7
 from __future__ import annotations
-import io, json
+import io, itertools, json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
 
 from .core import DEFAULTS, atomic_write_text
-from .shards import iter_shard, read_member
+from .shards import read_member, read_members
 
 # %% auto #0
 __all__ = ['SPLITS', 'identity_components', 'split_videos', 'check_split', 'write_split', 'read_split', 'crop_keypoints',
-           'index_keypoints', 'crop_landmarks', 'landmarks_of', 'read_crops', 'DownUp', 'RandomMargin', 'Noise',
-           'train_augment', 'FaceCrops', 'decode_crop', 'load_crop', 'crop_image', 'balanced_sampler', 'stream_plan',
-           'ShardCrops']
+           'index_keypoints', 'crop_landmarks', 'video_landmarks', 'landmarks_of', 'read_crops', 'DownUp',
+           'RandomMargin', 'Noise', 'train_augment', 'FaceCrops', 'decode_crop', 'load_crop', 'crop_image',
+           'balanced_sampler', 'stream_plan', 'ShardCrops', 'StreamBatches']
 
 # %% ../nbs/06_data.ipynb #1c2bbcf5
 SPLITS = ("train", "val", "test")
@@ -133,6 +133,16 @@ def crop_landmarks(faces_dir:str|Path, video_id:str) -> dict[int, np.ndarray]:
     path = Path(faces_dir)/"crops"/video_id/LANDMARKS_FILE
     return landmarks_of(path) if path.exists() else {}
 
+def video_landmarks(faces_dir:str|Path, crops:pd.DataFrame) -> dict[str, dict[int, np.ndarray]]:
+    "`crop_landmarks` of every video of `crops`: from its folder, or by offset from its shard (the index says where)."
+    first = crops.drop_duplicates("video_id")
+    if "landmarks_offset" not in first: first = first.assign(landmarks_offset=np.nan, landmarks_size=np.nan)
+    out = {}
+    for vid, shard, offset, size in first[["video_id", "shard_file", "landmarks_offset", "landmarks_size"]].itertuples(index=False):
+        if not shard: out[vid] = crop_landmarks(faces_dir, vid)
+        else: out[vid] = landmarks_of(read_member(shard, int(offset), int(size))) if pd.notna(offset) else {}
+    return out
+
 def landmarks_of(file) -> dict[int, np.ndarray]:
     "Frame index -> landmarks, from a landmarks.npz file: a path, or its bytes as a shard holds them."
     with np.load(io.BytesIO(file) if isinstance(file, bytes) else file, allow_pickle=False) as z:
@@ -156,7 +166,7 @@ def read_crops(faces_dir:str|Path, # an extraction folder
     crops["target"] = (crops["label"] == "FAKE").astype(np.float32)
     size, margin = settings.get("face_size", DEFAULTS.face_size), settings.get("margin", DEFAULTS.face_margin)
     crops["kps"] = index_keypoints(crops, size, margin)
-    landmarks = {v: crop_landmarks(faces_dir, v) for v in crops["video_id"].unique()}
+    landmarks = video_landmarks(faces_dir, crops)
     crops["landmarks"] = [landmarks[v].get(int(f)) for v, f in zip(crops["video_id"], crops["frame_index"])]
     if split is not None:
         crops = crops.drop(columns=["split"], errors="ignore").merge(split[["video_id", "split"]], on="video_id", how="left")
@@ -292,17 +302,16 @@ def stream_plan(shards:np.ndarray, # per row of the training crops: its shard fi
     rng = np.random.default_rng(seed)
     order = list(load.index[rng.permutation(len(load))])
     plan = [_deal(mine, load, max(workers, 1)) for mine in _deal(order, load, world)]  # each shard to one process, one reader
-    items = [[int(sum(load[s] for s in r)) for r in rank] for rank in plan]
-    batches = [[-(-n // batch) for n in rank] for rank in items]  # a reader's last batch may be short
-    steps = min(sum(b) for b in batches)
+    items = [np.array([int(sum(load[s] for s in r)) for r in rank]) for rank in plan]
+    # a process makes its batches from all its readers' items, so only its last batch could be short; it is left out,
+    # as the files layout leaves it out, and every process takes the same number of steps, or DDP waits for one that never comes
+    steps = min(int(n.sum()) for n in items) // batch
     if steps == 0:
         raise ValueError(f"{len(load)} shards cannot give each of {world} processes a batch: "
                          "extract with a smaller --shard-mb, or train on fewer processes")
-    for n, b in zip(items, batches):  # every process takes the same number of steps, or DDP waits for one that never comes
-        while sum(b) > steps:
-            k = int(np.argmax(b))
-            b[k] -= 1; n[k] = b[k] * batch  # whole batches from the reader with the most
-    return [[(r, k) for r, k in zip(rank, n)] for rank, n in zip(plan, items)], steps
+    for n in items:
+        for _ in range(int(n.sum()) - steps * batch): n[np.argmax(n)] -= 1  # from the readers with the most to read
+    return [[(r, int(k)) for r, k in zip(rank, n)] for rank, n in zip(plan, items)], steps
 
 
 # %% ../nbs/06_data.ipynb #0a13a5ea
@@ -318,11 +327,13 @@ class ShardCrops(FaceCrops, torch.utils.data.IterableDataset):
                  **kw): # `FaceCrops` options: augment, blend, blend_prob, pairs
         super().__init__(crops, **kw)
         if "shard_file" not in crops or (crops["shard_file"] == "").any(): raise ValueError("ShardCrops needs crops in the shards layout")
-        self.readers = max(workers, 1)
+        self.workers, self.readers, self.batch = workers, max(workers, 1), batch
         plan, self.steps = stream_plan(crops["shard_file"].to_numpy(), draws, world, workers, batch, seed)
         self.plan = plan[rank]  # per reader: (shards, items)
-        self.wanted = pd.Series(draws).groupby(crops["crop_path"].to_numpy()[draws]).agg(list).to_dict()  # member -> its draws
-        self.frames = crops["frame_index"].astype(int).to_numpy()
+        rows, counts = np.unique(draws, return_counts=True)
+        drawn = pd.DataFrame(dict(row=rows, count=counts, shard=np.asarray(self.shards, dtype=object)[rows],
+                                  offset=crops["offset"].to_numpy()[rows])).sort_values("offset", kind="stable")
+        self.drawn = {s: (g["row"].to_numpy(), g["count"].to_numpy()) for s, g in drawn.groupby("shard", sort=False)}  # in the order they lie
         self.seed, self.rank, self.buffer = seed, rank, buffer
     def __len__(self): return sum(n for _, n in self.plan)
     def _reader(self) -> int:
@@ -331,14 +342,12 @@ class ShardCrops(FaceCrops, torch.utils.data.IterableDataset):
             raise ValueError(f"ShardCrops was planned for {self.readers} DataLoader workers, not {info.num_workers if info else 1}")
         return info.id if info else 0
     def _stream(self, shards):
-        "(row, JPEG bytes, landmarks or None) of every draw in `shards`, in the order the shards hold them."
-        from deepfake_mlops.faces import LANDMARKS_FILE
-        points = {}
+        "(row, JPEG bytes) of every draw in `shards`: each shard front to back, only its drawn crops read."
         for shard in shards:
-            for name, data in iter_shard(shard):
-                if name.endswith(f"/{LANDMARKS_FILE}"): points = landmarks_of(data); continue  # comes before its video's crops
-                for i in self.wanted.get(name, ()):
-                    if self.shards[i] == shard: yield i, data, points.get(int(self.frames[i]))
+            rows, counts = self.drawn.get(shard, ((), ()))
+            spans = ((int(self.offsets[i][0]), int(self.offsets[i][1])) for i in rows)
+            for i, n, data in zip(rows, counts, read_members(shard, spans)):
+                for _ in range(n): yield int(i), data
     def __iter__(self):
         reader = self._reader()
         rng = np.random.default_rng([self.seed, self.rank, reader])
@@ -348,13 +357,29 @@ class ShardCrops(FaceCrops, torch.utils.data.IterableDataset):
         def take():
             j = int(rng.integers(len(held)))
             held[j], held[-1] = held[-1], held[j]
-            i, data, points = held.pop()
-            if points is None and self.points is not None: points = self.points[i]  # no landmarks: the keypoints' hull
-            return self._item(i, decode_crop(data, self.shards[i]), points)
+            i, data = held.pop()
+            image = decode_crop(data, f"{self.shards[i]} at {int(self.offsets[i][0])}")
+            return self._item(i, image, self.points[i] if self.points is not None else None)
         for item in self._stream([shards[j] for j in rng.permutation(len(shards))]):  # a new order each epoch
             held.append(item)
             if len(held) >= self.buffer:
                 yield take(); left -= 1
                 if not left: return
         while held and left: yield take(); left -= 1
+    def batches(self, pin_memory:bool=False, # pinned batches, for a copy to the GPU that does not wait
+                generator:torch.Generator|None=None, # seeds the DataLoader workers
+               ) -> StreamBatches:
+        "This process's `steps` whole batches of the epoch: the items of all its readers (DataLoader workers), batched here."
+        loader = DataLoader(self, batch_size=None, num_workers=self.workers, generator=generator)
+        return StreamBatches(loader, self.batch, self.steps, pin_memory)
 
+class StreamBatches:
+    "`steps` batches of `batch` items each, collated in this process from single items a DataLoader brings from all its workers."
+    def __init__(self, loader:DataLoader, batch:int, steps:int, pin_memory:bool=False):
+        self.loader, self.batch, self.steps, self.pin_memory = loader, batch, steps, pin_memory
+    def __len__(self): return self.steps
+    def __iter__(self):
+        items = iter(self.loader)
+        for _ in range(self.steps):
+            out = default_collate(list(itertools.islice(items, self.batch)))
+            yield [t.pin_memory() for t in out] if self.pin_memory else out

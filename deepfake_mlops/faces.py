@@ -104,7 +104,8 @@ def as_stored(crop:np.ndarray, quality:int=DEFAULTS.crop_jpeg_quality) -> np.nda
 INDEX_COLUMNS = ["video_id", "relpath", "label", "method", "identities", "group", "dataset", "split", "frame_index", "timestamp",
                  "face", "track", "main", "score", "x0", "y0", "x1", "y1", "keypoints", "crop_path"]
 VIDEO_META = ["video_id", "relpath", "label", "method", "identities", "group", "dataset", "split"]
-SHARD_COLUMNS = ["shard", "offset", "size"]  # in the shards layout: where a crop's bytes are (shard path in the folder, byte offset, length)
+# in the shards layout: where a crop's bytes are (shard path in the folder, byte offset, length), and its video's landmarks.npz
+SHARD_COLUMNS = ["shard", "offset", "size", "landmarks_offset", "landmarks_size"]
 
 def _face_rows(meta, frame, dets, ids, main, crops, face_size, margin, jpeg_quality):
     "Index rows of one frame; its main-person crop goes into `crops` (member name -> JPEG bytes)."
@@ -375,6 +376,8 @@ def _write_parts(out_dir, pending, shard, videos):
         where = [offsets.get(p, (np.nan, np.nan)) if p else (np.nan, np.nan) for p in df["crop_path"]]
         df["shard"] = [f"{SHARD_DIR}/{shard.name}" if p else "" for p in df["crop_path"]]
         df["offset"], df["size"] = [w[0] for w in where], [w[1] for w in where]
+        # the landmarks too, so that reading a crop's self-blend mask never means reading its whole shard
+        df["landmarks_offset"], df["landmarks_size"] = offsets.get(f"crops/{vid}/{LANDMARKS_FILE}", (np.nan, np.nan))
         dfs.append(df)
     # one file, written at once: the shard's videos are all done or none is
     with atomic_path(out_dir/"parts"/f"{shard.name}.csv") as p: pd.concat(dfs, ignore_index=True).to_csv(p, index=False)

@@ -8,12 +8,12 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/shards.html.md"""
 from __future__ import annotations
 import io, os, re, tarfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .core import DEFAULTS
 
 # %% auto #0
-__all__ = ['SHARD_DIR', 'shard_name', 'next_shard_number', 'ShardWriter', 'iter_shard', 'read_member']
+__all__ = ['SHARD_DIR', 'shard_name', 'next_shard_number', 'ShardWriter', 'iter_shard', 'read_members', 'read_member']
 
 # %% ../nbs/05a_shards.ipynb #6a682c66
 SHARD_DIR = "shards"  # beside crops/ in an extraction folder
@@ -87,10 +87,18 @@ def iter_shard(path:str|Path) -> Iterator[tuple[str, bytes]]:
                 if m.isfile(): yield m.name, tar.extractfile(m).read()
     except tarfile.TarError as e: raise ValueError(f"{path}: not a readable shard ({e})") from None
 
+def read_members(path:str|Path, # a shard
+                 spans:Iterable[tuple[int, int]], # (data offset, size) of each member wanted, from the index
+                ) -> Iterator[bytes]:
+    "The members' bytes in the order of `spans`, through one open file: in increasing offsets, one forward pass."
+    with open(path, "rb") as f:
+        for offset, size in spans:
+            f.seek(offset)
+            data = f.read(size)
+            if len(data) != size:
+                raise ValueError(f"{path}: {size} bytes at offset {offset} expected, {len(data)} found (a truncated shard?)")
+            yield data
+
 def read_member(path:str|Path, offset:int, size:int) -> bytes:
     "One member's bytes by its data offset and size (from the index)."
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    if len(data) != size: raise ValueError(f"{path}: {size} bytes at offset {offset} expected, {len(data)} found (a truncated shard?)")
-    return data
+    return next(read_members(path, [(offset, size)]))

@@ -105,7 +105,8 @@ def _epoch_sample(rows, cfg, epoch, rank, world):
     sampler = balanced_sampler(rows["target"].to_numpy()[chosen], torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
                                real_share=real_share)
     order = chosen[np.array(list(sampler))]
-    return order[rank::world]
+    # as many for every process: with one more, a process could take a step more, and DDP would wait for the others forever
+    return order[:len(order) - len(order) % world][rank::world]
 
 # %% ../nbs/10_train.ipynb #37baed5f
 def _require_labels(*folders):
@@ -219,9 +220,8 @@ def _train_epoch(run, s, dataset, rows, epoch) -> tuple[list[float], int]:
     cfg, proc = run.cfg, run.proc
     items = _items_per_batch(cfg)
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + proc.rank)
-    if _streams(rows):  # shards: read front to back, each process its own shards
-        loader = DataLoader(_shard_stream(rows, dataset, cfg, epoch, proc), batch_size=items, num_workers=cfg.workers,
-                            pin_memory=proc.device.type == "cuda", persistent_workers=False, generator=generator)
+    if _streams(rows, cfg):  # shards: read front to back, each process its own shards
+        loader = _shard_stream(rows, dataset, cfg, epoch, proc).batches(pin_memory=proc.device.type == "cuda", generator=generator)
     else:
         order = _epoch_sample(rows, cfg, epoch, proc.rank, proc.world)
         loader = DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=items,
@@ -281,9 +281,9 @@ def _epoch_line(r):
             f"val AUC {r['val_auc']:.3f}, log loss {r['val_log_loss']:.3f}{' (best)' if r['improved'] else ''}")
 
 # %% ../nbs/10_train.ipynb #a13d3423
-def _streams(rows) -> bool:
-    "Training reads shards as streams when the extraction wrote shards."
-    return "shard_file" in rows and bool((rows["shard_file"] != "").all())
+def _streams(rows, cfg) -> bool:
+    "Training reads shards as streams when the extraction wrote shards, unless the config says to read them by offset."
+    return cfg.shard_reads == "stream" and "shard_file" in rows and bool((rows["shard_file"] != "").all())
 
 def _shard_stream(rows, dataset, cfg, epoch, proc) -> ShardCrops:
     "This epoch's draws, the same for every process, streamed from this process's shards with the training set's augmentation."
@@ -304,7 +304,7 @@ def _model_and_optimizer(run, rows) -> _State:
     model = build_model(cfg.backbone, pretrained=cfg.pretrained).to(run.proc.device)
     model = model.to(memory_format=torch.channels_last)  # faster on CPUs (oneDNN) as on GPUs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if _streams(rows):  # the plan alone says how many steps a process takes; no stream needs opening for it
+    if _streams(rows, cfg):  # the plan alone says how many steps a process takes; no stream needs opening for it
         steps_per_epoch = stream_plan(rows["shard_file"].to_numpy(), _epoch_sample(rows, cfg, 0, 0, 1), run.proc.world, cfg.workers,
                                       _items_per_batch(cfg), cfg.seed * 1000)[1]
     else: steps_per_epoch = max(1, math.ceil(len(_epoch_sample(rows, cfg, 0, run.proc.rank, run.proc.world)) / _items_per_batch(cfg)))
