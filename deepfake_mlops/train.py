@@ -105,7 +105,8 @@ def _epoch_sample(rows, cfg, epoch, rank, world):
     sampler = balanced_sampler(rows["target"].to_numpy()[chosen], torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
                                real_share=real_share)
     order = chosen[np.array(list(sampler))]
-    return order[rank::world]
+    # as many for every process: with one more, a process could take a step more, and DDP would wait for the others forever
+    return order[:len(order) - len(order) % world][rank::world]
 
 # %% ../nbs/10_train.ipynb #37baed5f
 def _require_labels(*folders):
