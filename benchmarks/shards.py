@@ -36,26 +36,20 @@ def _rows(faces:Path, split:pd.DataFrame, cfg):
 
 def read_rate(rows:pd.DataFrame, cfg, way:str) -> dict:
     "Images/s of reading one epoch's draws as bytes, nothing decoded: the storage alone."
-    from deepfake_mlops.data import stream_plan
-    from deepfake_mlops.shards import read_members
+    from deepfake_mlops.data import ShardCrops
+    from deepfake_mlops.shards import read_member
     from deepfake_mlops.train import _epoch_sample
     draws = _epoch_sample(rows, cfg, 0, 0, 1)
-    t, n = time.perf_counter(), 0
-    if way == "stream":
-        plan, _ = stream_plan(rows["shard_file"].to_numpy(), draws, 1, 1, cfg.batch_size, cfg.seed)
-        drawn = rows.iloc[np.unique(draws)].sort_values("offset")
-        for shard in plan[0][0][0]:
-            mine = drawn[drawn["shard_file"] == shard]
-            n += sum(1 for _ in read_members(shard, zip(mine["offset"].astype(int), mine["size"].astype(int))))
+    if way == "stream":  # the training stream's own reads, one reader
+        stream = ShardCrops(rows, draws, batch=cfg.batch_size, seed=cfg.seed)
+        read = lambda: sum(1 for _ in stream._stream(stream.plan[0][0]))
+    elif way == "offset":
+        spans = list(zip(rows["shard_file"].to_numpy()[draws], rows["offset"].to_numpy()[draws], rows["size"].to_numpy()[draws]))
+        read = lambda: sum(1 for shard, offset, size in spans if read_member(shard, int(offset), int(size)))
     else:
-        for i in draws:
-            r = rows.iloc[i]
-            if way == "offset":
-                with open(r["shard_file"], "rb") as f: f.seek(int(r["offset"])); f.read(int(r["size"]))
-            else:
-                with open(r["crop_file"], "rb") as f: f.read()
-            n += 1
-    s = time.perf_counter() - t
+        files = rows["crop_file"].to_numpy()[draws]
+        read = lambda: sum(1 for f in files if Path(f).read_bytes())
+    t = time.perf_counter(); n = read(); s = time.perf_counter() - t
     return dict(images=n, seconds=round(s, 3), images_per_s=round(n / s, 1))
 
 
