@@ -6,14 +6,14 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/data.html.md"""
 
 # %% ../nbs/06_data.ipynb #4aea5ab7
 from __future__ import annotations
-import io, itertools, json
+import io, json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from .core import DEFAULTS, atomic_write_text
 from .shards import read_member, read_members
@@ -369,17 +369,26 @@ class ShardCrops(FaceCrops, torch.utils.data.IterableDataset):
     def batches(self, pin_memory:bool=False, # pinned batches, for a copy to the GPU that does not wait
                 generator:torch.Generator|None=None, # seeds the DataLoader workers
                ) -> StreamBatches:
-        "This process's `steps` whole batches of the epoch: the items of all its readers (DataLoader workers), batched here."
-        loader = DataLoader(self, batch_size=None, num_workers=self.workers, generator=generator)
+        "This process's `steps` whole batches of the epoch, cut here from the batches its readers (DataLoader workers) collate."
+        # a worker sends whole batches (one message each, prefetched while the model trains), and its last short one;
+        # the short ones of all workers are joined here, so only the epoch's last batch could be short
+        loader = DataLoader(self, batch_size=self.batch, num_workers=self.workers, generator=generator)
         return StreamBatches(loader, self.batch, self.steps, pin_memory)
 
 class StreamBatches:
-    "`steps` batches of `batch` items each, collated in this process from single items a DataLoader brings from all its workers."
+    "`steps` batches of `batch` items each, cut from the batches of any size a DataLoader brings from its workers."
     def __init__(self, loader:DataLoader, batch:int, steps:int, pin_memory:bool=False):
         self.loader, self.batch, self.steps, self.pin_memory = loader, batch, steps, pin_memory
     def __len__(self): return self.steps
     def __iter__(self):
-        items = iter(self.loader)
-        for _ in range(self.steps):
-            out = default_collate(list(itertools.islice(items, self.batch)))
-            yield [t.pin_memory() for t in out] if self.pin_memory else out
+        held, made = [], 0  # collated parts not yet yielded, each a list of tensors with items along the first axis
+        for part in self.loader:
+            held.append(part)
+            while made < self.steps and sum(len(p[0]) for p in held) >= self.batch:
+                whole = held[0] if len(held) == 1 else [torch.cat(t) for t in zip(*held)]
+                out, rest = [t[:self.batch] for t in whole], [t[self.batch:] for t in whole]
+                held = [rest] if len(rest[0]) else []
+                made += 1
+                yield [t.pin_memory() for t in out] if self.pin_memory else out
+            if made == self.steps: return
+        if made < self.steps: raise RuntimeError(f"the stream ended after {made} of its {self.steps} batches")
