@@ -3,7 +3,9 @@
 No video and no crop exists: a manifest of N videos and an index of 32 crops per video (the shards layout)
 are written as the project writes them, then each step runs in a fresh process, timed once and traced once
 (tracemalloc's peak: the memory the step allocates beyond its input). The sizes double, so a cost that grows
-as n log n shows as a ratio a little above 2 from one size to the next.
+as n log n shows as a ratio a little above 2 from one size to the next. The fingerprint steps time the local
+engine's cache key of a step whose input is the extraction: over the crops as files (empty ones, a folder per
+video, made once per size), next to the earlier way of listing and sorting every path first, and over the shards.
 
     .venv/bin/python benchmarks/scale.py --sizes 15000 30000 60000 120000 --out benchmarks/results/scale-cpu.json
 """
@@ -16,7 +18,7 @@ import pandas as pd
 
 CROPS_PER_VIDEO = 32
 SHARD_CROPS = 17_000  # about 256 MB of 15 kB crops
-STEPS = ("manifest", "split", "folds", "index", "crops", "plan")
+STEPS = ("manifest", "split", "folds", "index", "crops", "plan", "fingerprint_files", "fingerprint_sorted", "fingerprint_shards")
 
 
 def synthetic_manifest(n:int, seed:int=0) -> pd.DataFrame:
@@ -79,9 +81,35 @@ def prepare(n:int, root:Path):
     return folder
 
 
+def crop_files(folder:Path) -> Path:
+    "The crops of the index as empty files in the folder layout (a folder per video): what the local engine's cache key walks."
+    tree = folder/"crop-files"
+    if (tree/".done").exists(): return tree
+    index = pd.read_csv(folder/"faces.csv", usecols=["crop_path"])["crop_path"]
+    for video, names in index.groupby(index.str.rsplit("/", n=1).str[0]):
+        (tree/video).mkdir(parents=True, exist_ok=True)
+        for name in names: (tree/name).touch()
+    (tree/".done").touch()
+    return tree
+
+
+def _sorted_fingerprint(path:Path) -> str:
+    "The earlier cache fingerprint, the baseline: every file's path listed and sorted, then hashed."
+    import hashlib
+    h = hashlib.sha256()
+    for p in sorted(p for p in path.rglob("*") if p.is_file()):
+        st = p.stat()
+        h.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def _step(name:str, folder:Path):
     "A callable that runs one step on the prepared folder (its inputs read beforehand, outside the measure)."
     from deepfake_mlops.manifest import read_manifest_csv
+    if name.startswith("fingerprint"):  # the local engine's cache key of a step whose input is the extraction
+        from deepfake_mlops.jobs import _fingerprint
+        if name == "fingerprint_shards": return lambda: _fingerprint(folder/"shards")
+        return lambda: (_fingerprint if name == "fingerprint_files" else _sorted_fingerprint)(folder/"crop-files")
     if name == "manifest": return lambda: read_manifest_csv(folder/"manifest.csv")
     manifest = read_manifest_csv(folder/"manifest.csv")
     if name == "split":
@@ -127,6 +155,7 @@ def main(argv=None) -> int:
     rows = []
     for n in a.sizes:
         t = time.perf_counter(); folder = prepare(n, a.root)
+        if any(s in a.steps for s in ("fingerprint_files", "fingerprint_sorted")): crop_files(folder)
         print(f"{n} videos, {n * CROPS_PER_VIDEO:,} crops: data ready in {time.perf_counter() - t:.0f} s", flush=True)
         for name in a.steps:
             proc = subprocess.run([sys.executable, __file__, "--one", name, str(folder)], capture_output=True, text=True)

@@ -4,7 +4,7 @@ Three ways to read the same crops: `files` (a JPEG file per crop), `stream` (sha
 its own shards, a buffer shuffle; the default for shards) and `offset` (shards read crop by crop at the offsets of
 the index, in the files layout's order). For each seed, and each way in a rotating order: the epoch's draws read
 as bytes alone (storage), through the training DataLoader (reading, decoding, self-blending, augmenting; no model),
-then a training of `--epochs`. Reported: images/s of each, the ratios to `files` measured in the same round, the
+then a training of `--epochs` in a fresh process. Reported: images/s of each, the ratios to `files` measured in the same round, the
 validation AUC and log loss of each training, and what each layout costs in objects.
 
     deepfake-mlops extract ../shared/datasets/ffpp --out runs/ffpp-faces
@@ -12,7 +12,7 @@ validation AUC and log loss of each training, and what each layout costs in obje
     .venv/bin/python benchmarks/shards.py --files runs/ffpp-faces --shards runs/ffpp-shards --out benchmarks/results/shards-cpu.json
 """
 from __future__ import annotations
-import argparse, dataclasses, json, os, platform, shutil, sys, tempfile, time
+import argparse, json, os, platform, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +70,13 @@ def loader_rate(rows:pd.DataFrame, cfg, epoch:int=0) -> dict:
 
 
 def train_once(faces:Path, out:Path, split:Path, cfg) -> dict:
-    from deepfake_mlops.train import train
+    "One training in a fresh process (`deepfake-mlops train`): no training inherits the heap and threads of the one before."
     shutil.rmtree(out, ignore_errors=True)
+    cli = Path(sys.executable).with_name("deepfake-mlops")
     t = time.perf_counter()
-    train(faces, out, cfg, split=split, progress=False)
+    subprocess.run([str(cli), "train", str(faces), "--out", str(out), "--split", str(split), "--epochs", str(cfg.epochs),
+                    "--workers", str(cfg.workers), "--seed", str(cfg.seed), "--shard-reads", cfg.shard_reads],
+                   check=True, capture_output=True)
     m = pd.read_csv(out/"metrics.csv")
     return dict(seconds=round(time.perf_counter() - t, 1), images=int(m["images"].sum()), steps=m["steps_per_rank"].astype(str).tolist(),
                 images_per_s=round(float(m["images"].sum() / m["train_s"].sum()), 1),

@@ -151,7 +151,7 @@ def landmarks_of(file) -> dict[int, np.ndarray]:
 def read_crops(faces_dir:str|Path, # an extraction folder
                split:pd.DataFrame|None=None, # video_id -> split (adds a `split` column)
               ) -> pd.DataFrame:
-    "Main-person crops of an extraction folder with labels (0/1), crop keypoints, landmarks (None where absent) and optional split."
+    "Main-person crops of an extraction folder with labels (0/1), crop keypoints, real crops' landmarks (else None) and optional split."
     from deepfake_mlops.faces import read_index
     faces_dir = Path(faces_dir)
     settings = json.loads((faces_dir/"extraction.json").read_text()) if (faces_dir/"extraction.json").exists() else {}
@@ -166,8 +166,9 @@ def read_crops(faces_dir:str|Path, # an extraction folder
     crops["target"] = (crops["label"] == "FAKE").astype(np.float32)
     size, margin = settings.get("face_size", DEFAULTS.face_size), settings.get("margin", DEFAULTS.face_margin)
     crops["kps"] = index_keypoints(crops, size, margin)
-    landmarks = video_landmarks(faces_dir, crops)
-    crops["landmarks"] = [landmarks[v].get(int(f)) for v, f in zip(crops["video_id"], crops["frame_index"])]
+    # a self-blend is made from a real face only: fakes' landmarks are never read (DFDC is 5 fakes to a real)
+    landmarks = video_landmarks(faces_dir, crops[crops["label"] == "REAL"])
+    crops["landmarks"] = [landmarks.get(v, {}).get(int(f)) for v, f in zip(crops["video_id"], crops["frame_index"])]
     if split is not None:
         crops = crops.drop(columns=["split"], errors="ignore").merge(split[["video_id", "split"]], on="video_id", how="left")
         crops["split"] = crops["split"].fillna("")

@@ -235,13 +235,19 @@ _CACHE_ATTRIBUTES = {"Processing": ["AppSpecification", "Environment", "Processi
                      "Training": ["AlgorithmSpecification", "CheckpointConfig", "DebugHookConfig", "DebugRuleConfigurations",
                                   "Environment", "HyperParameters", "InputDataConfig", "ResourceConfig.InstanceCount"]}
 
+def _files_under(folder:str, prefix:str=""):
+    "(path relative to the top, stat) of every file under `folder`, in the order of their sorted paths, one directory's names held at a time."
+    with os.scandir(folder) as entries: entries = sorted(entries, key=lambda e: e.name)
+    for e in entries:  # a folder's files sort where its name sorts among its siblings, as sorted paths do
+        if e.is_dir(): yield from _files_under(e.path, f"{prefix}{e.name}/")
+        elif e.is_file(): yield f"{prefix}{e.name}", e.stat()
+
 def _fingerprint(path:Path) -> str:
     "Names, sizes and modification times of the files under a local folder (a local input can change in place)."
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(path) if p != path else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    # walked, not listed: a folder of millions of crops is hashed without holding their paths
+    files = [(path.name, path.stat())] if path.is_file() else _files_under(str(path))
+    for name, st in files: h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 def _attribute(args:dict, path:str):
