@@ -59,7 +59,7 @@ def test_demo_pipeline_runs_its_jobs_in_the_toolkits_and_registers(runtime_run, 
     assert record["model_data"].endswith("model.tar.gz") and Path(record["model_data"]).exists()
 
 
-def test_runtime_results_match_the_default_runtime(runtime_run, demo_clips, tmp_path):
+def test_runtime_and_default_runtime_judge_the_same_videos(runtime_run, demo_clips, tmp_path):
     # the same pipeline, seed and data in this environment (torch of pyproject.toml): the same videos judged
     _, _, in_runtime = runtime_run
     _, here = _run(tmp_path, demo_clips, RUNTIME_RUN)
