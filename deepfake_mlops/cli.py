@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, json, os, sys
 from pathlib import Path
 
-from .core import DEFAULTS, TrainConfig, add_options, from_options, local_root
+from .core import DEFAULTS, MAX_EXPLAIN, TrainConfig, add_options, from_options, local_root
 from .cli_deploy import add_deployment_commands
 from .cli_local import add_local_commands, add_tracking_option, model_location
 
@@ -173,6 +173,10 @@ def _predict_parser(sub):
     p.add_argument("videos", nargs="+", type=Path, help="video files, or folders: every video under a folder (labelled or not)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--explain", type=Path, metavar="OUT",
+                   help="write heat maps of each video's most suspicious faces as PNG under OUT (listed in --json output)")
+    p.add_argument("--explain-faces", type=_count(1, MAX_EXPLAIN), default=3,
+                   help=f"faces explained per video with --explain (1 to {MAX_EXPLAIN}; default %(default)s)")
     p.set_defaults(func=_predict)
 
 def _videos_in(paths:list[Path]) -> list[Path]:
@@ -192,8 +196,13 @@ def _predict(args):
     model = model_location(args.model, args.root)
     with unpacked(model) as folder: detector = DeepfakeDetector(folder, args.device)  # loaded: the unpacked files can go
     results, failed = [], 0
-    for video in videos:
-        try: results.append(dict(video=str(video), **detector.predict_video(video)))
+    for i, video in enumerate(videos):
+        try:
+            verdict = detector.predict_video(video, args.explain_faces if args.explain else 0)
+            if args.explain:  # numbered: videos of different folders may share a name
+                from deepfake_mlops.explain import write_explanations
+                verdict = write_explanations(verdict, args.explain/f"{i:03d}-{video.stem}")
+            results.append(dict(video=str(video), **verdict))
         except (VideoError, NoFaceError) as e:
             failed += 1
             results.append(dict(video=str(video), error=str(e)))
@@ -231,18 +240,26 @@ def _serve_parser(sub):
     p.add_argument("--allow-s3", action="append", metavar="S3_PREFIX",
                    help='s3://BUCKET/PREFIX whose objects {"s3_uri": ...} requests may name, repeatable '
                         "($DEEPFAKE_MLOPS_ALLOW_S3, comma-separated; default: none)")
+    p.add_argument("--capture", type=Path, metavar="FOLDER",
+                   help="record every request and answer under FOLDER/local/AllTraffic/YYYY/MM/DD/HH/ in SageMaker's data "
+                        "capture format (inputs as size, type and hash; `deepfake-mlops monitor` reads it)")
+    p.add_argument("--capture-inputs", action="store_true",
+                   help="--capture: keep the request bodies too (people's videos, base64), as SageMaker's input capture does")
     p.set_defaults(func=_serve)
 
 def _serve(args):
     import threading
     from deepfake_mlops.inference import ServeLimits
+    from deepfake_mlops.capture import CaptureWriter
     from deepfake_mlops.serve import serve
     # the options override the DEEPFAKE_MLOPS_* variables; a bad value stops here, before the model loads
     limits = ServeLimits.from_env(max_body=args.max_body, read_timeout=args.read_timeout,
                                   max_connections=args.max_connections, allow_paths=args.allow_paths,
                                   allow_s3=tuple(args.allow_s3) if args.allow_s3 else None)
+    if args.capture_inputs and not args.capture: raise ValueError("--capture-inputs keeps request bodies in the capture: give --capture FOLDER too")
     model = model_location(args.model, args.root)
-    server = serve(model, args.host, args.port, args.device, limits)
+    capture = CaptureWriter(args.capture, keep_inputs=args.capture_inputs) if args.capture else None
+    server = serve(model, args.host, args.port, args.device, limits, capture=capture)
     print(f"serving {args.model} on http://{args.host}:{server.server_address[1]} (GET /ping, POST /invocations); Ctrl-C stops")
     try: threading.Event().wait()
     except KeyboardInterrupt: server.shutdown()
@@ -260,6 +277,8 @@ def _deploy_parser(sub):
     p.add_argument("--region", help="AWS region (default $AWS_REGION, then $AWS_DEFAULT_REGION)")
     p.add_argument("--capture-s3-uri", help="S3 prefix for captured requests and answers")
     p.add_argument("--bucket", help="or a bucket: capture goes to s3://BUCKET/GROUP/data-capture")
+    p.add_argument("--capture-inputs", action="store_true",
+                   help="capture request bodies too (people's videos); default: answers only, which is what `monitor` reads")
     p.add_argument("--dry-run", action="store_true", help="only read, and print what would be done")
     p.add_argument("--wait", action="store_true", help="wait until the endpoint is InService")
     p.add_argument("--async", dest="asynchronous", action="store_true",
@@ -277,6 +296,7 @@ def _deploy(args):
     try:
         done = deploy(args.stage, args.role, args.capture_s3_uri or capture_uri(args.bucket, args.group), group=args.group,
                       region=args.region, dry_run=args.dry_run, wait=args.wait, asynchronous=args.asynchronous,
+                      capture_inputs=args.capture_inputs,
                       output_s3_uri=args.output_s3_uri, failure_s3_uri=args.failure_s3_uri,
                       max_concurrent=args.max_concurrent_invocations)
     except (BotoCoreError, ClientError, RuntimeError) as e:
@@ -323,6 +343,41 @@ def _predict_endpoint(args):
         versions = sorted({str(r["model_version"]) for r in results if "model_version" in r})
         _print_verdicts(results, ", ".join([f"endpoint {args.endpoint}"] + [f"model {v}" for v in versions]))
     return 1 if any("error" in r for r in results) else 0
+
+# %% ../nbs/20_cli.ipynb #d20mon01
+def _monitor_parser(sub):
+    from deepfake_mlops.monitor import DriftOptions
+    d = DriftOptions()
+    p = sub.add_parser("monitor", help="health and drift of a served model from its data capture, against its validation baseline",
+                       description="Read the capture records under CAPTURE (the folder serve --capture wrote, or an endpoint's "
+                                   "s3:// data capture prefix); per window count requests, errors, faceless videos and latency, "
+                                   "and test each input statistic against the model's validation baseline (baseline.json). "
+                                   "Writes OUT/monitor.json and OUT/monitor.html. Exits 1 when a statistic shifted, 2 on errors.")
+    p.add_argument("capture", help="a capture folder or s3://BUCKET/PREFIX")
+    p.add_argument("--model", required=True, help="the served model: a model folder, a model.tar.gz or a registry reference")
+    p.add_argument("--root", type=Path, default=local_root(), help="local engine folder whose registry resolves references")
+    p.add_argument("--window", default="1h", help="window length, aligned to the UTC clock: 30m, 1h, 1d... (default %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("monitor-report"), help="folder for monitor.json and monitor.html (default %(default)s)")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="a statistic shifted: KS test p-value under this... (default %(default)s)")
+    p.add_argument("--psi-limit", type=float, default=d.psi_limit, help="...and PSI over this... (default %(default)s)")
+    p.add_argument("--outside-limit", type=float, default=d.outside_limit,
+                   help="...and more than this share of the window outside the baseline's range (default %(default)s)")
+    p.add_argument("--min-answers", type=_count(1, 10**6), default=d.min_answers,
+                   help="windows with fewer verdicts are reported, not tested (default %(default)s)")
+    p.set_defaults(func=_monitor)
+
+def _monitor(args):
+    from botocore.exceptions import BotoCoreError, ClientError
+    from deepfake_mlops.monitor import DriftOptions, monitor, summary, write_report
+    options = DriftOptions(alpha=args.alpha, psi_limit=args.psi_limit, outside_limit=args.outside_limit, min_answers=args.min_answers)
+    try: report = monitor(args.capture, model_location(args.model, args.root), args.window, options, progress=sys.stderr.isatty())
+    except (BotoCoreError, ClientError) as e:
+        print(f"deepfake-mlops monitor: error: {args.capture}: {e}", file=sys.stderr)
+        return 2
+    paths = write_report(report, args.out)
+    print(summary(report))
+    print(f"report: {paths['json']} and {paths['html']}")
+    return 1 if report["alarm"]["raised"] else 0
 
 # %% ../nbs/20_cli.ipynb #190118f4
 def _crossval_parser(sub):
@@ -371,7 +426,7 @@ def _demo(args):
 
 # %% ../nbs/20_cli.ipynb #3d8fc3bc
 _PARSERS = (_weights_parser, _manifest_parser, _extract_parser, _train_parser, _crossval_parser, _evaluate_parser, _predict_parser,
-            _serve_parser, _deploy_parser, _predict_endpoint_parser, _contact_sheet_parser, _demo_parser, add_local_commands,
+            _serve_parser, _deploy_parser, _predict_endpoint_parser, _monitor_parser, _contact_sheet_parser, _demo_parser, add_local_commands,
             add_deployment_commands)
 
 def build_parser() -> argparse.ArgumentParser:

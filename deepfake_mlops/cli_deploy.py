@@ -37,6 +37,8 @@ def _stack_parser(sub):
     p.add_argument("--region", help="AWS region (default $AWS_REGION, then $AWS_DEFAULT_REGION)")
     p.add_argument("--role", help="params: IAM role ARN the model runs as (default $SAGEMAKER_EXECUTION_ROLE_ARN)")
     p.add_argument("--capture-s3-uri", help="params: S3 prefix for captured requests and answers")
+    p.add_argument("--capture-inputs", action="store_true",
+                   help="params: capture request bodies too (people's videos); default: answers only")
     p.add_argument("--allow-s3", action="append", metavar="S3_PREFIX", help='params: s3:// prefix requests may name as {"s3_uri": ...} (repeatable)')
     p.add_argument("--version", type=int, help="params: this Approved version instead of the newest")
     p.add_argument("--out", type=Path, default=Path("deploy-build"), help="params: folder for staging.json and prod.json (default %(default)s)")
@@ -69,7 +71,8 @@ def _stack_params(args):
     else:
         package = next((p for p in approved_packages(sagemaker, args.group) if p.get("ModelPackageVersion") == args.version), None)
         if package is None: raise NoApprovedModel(f"{args.group} has no Approved version {args.version}")
-    written = parameter_files(args.out, package, role, args.capture_s3_uri, args.group, tuple(args.allow_s3 or ()))
+    written = parameter_files(args.out, package, role, args.capture_s3_uri, args.group, tuple(args.allow_s3 or ()),
+                              args.capture_inputs)
     print(f"{args.group} version {package.get('ModelPackageVersion')} ({package['ModelPackageArn']}) for every stage:")
     for stage, path in written.items(): print(f"  {stage}: {path}")
     return 0

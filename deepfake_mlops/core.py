@@ -13,10 +13,10 @@ from typing import ClassVar, Literal
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'VIDEO_TYPES', 'IMAGE_TYPES', 'JSON_TYPE', 'CONTENT_TYPES', 'REALTIME_MAX_BODY', 'ASYNC_MAX_BODY',
-           'REALTIME_TIMEOUT_S', 'ASYNC_TIMEOUT_S', 'BACKBONE_NAMES', 'Range', 'check_setting', 'Defaults',
-           'serving_environment', 'TrainConfig', 'field_comments', 'add_options', 'from_options', 'cache_dir',
-           'local_root', 'shared_datasets', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text', 'sha256_file',
-           'CorruptDatabase', 'connect', 'write_transaction', 'create_schema']
+           'MAX_EXPLAIN', 'REALTIME_TIMEOUT_S', 'ASYNC_TIMEOUT_S', 'BACKBONE_NAMES', 'Range', 'check_setting',
+           'Defaults', 'serving_environment', 'TrainConfig', 'field_comments', 'add_options', 'from_options',
+           'cache_dir', 'local_root', 'shared_datasets', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
+           'sha256_file', 'CorruptDatabase', 'connect', 'write_transaction', 'create_schema']
 
 # %% ../nbs/00_core.ipynb #91806d2d
 def _number(x) -> str:
@@ -81,6 +81,9 @@ CONTENT_TYPES = VIDEO_TYPES + IMAGE_TYPES + (JSON_TYPE,)
 # with an empty 413, before the handler sees it, so the limit is set on the model, in its container environment
 REALTIME_MAX_BODY = 200 * 1024 * 1024  # what `serve` and a real-time model accept (S3 and file requests included)
 ASYNC_MAX_BODY = 1 << 30
+# heat maps one answer may carry (`inference.DeepfakeDetector`, `predict --explain`): each is a face-sized PNG of
+# 70 to 84 kB on the FF++ sample, so an answer grows by under a megabyte (BENCHMARKS.md has what they cost in time)
+MAX_EXPLAIN = 8
 REALTIME_TIMEOUT_S = 60
 ASYNC_TIMEOUT_S = 3600
 

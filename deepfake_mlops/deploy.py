@@ -122,12 +122,13 @@ def deployment_plan(package:dict, # a model package summary (see `newest_approve
                     capture_s3_uri:str, # S3 prefix for captured requests and answers
                     group:str=DEFAULT_GROUP,
                     asynchronous:dict|None=None, # an `async_inference_config`: plan the asynchronous endpoint
+                    capture_inputs:bool=False, # capture request bodies (people's videos) too, not only the answers
                    ) -> dict:
     "Names and requests of the model, endpoint configuration and endpoint for `package` on `stage`."
     _check(stage, role, capture_s3_uri)
     s, arn, version = STAGES[stage], package["ModelPackageArn"], package.get("ModelPackageVersion", 0)
     capture = dict(EnableCapture=True, InitialSamplingPercentage=s["capture_percent"], DestinationS3Uri=capture_s3_uri,
-                   CaptureOptions=[{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+                   CaptureOptions=[{"CaptureMode": "Input"}] * capture_inputs + [{"CaptureMode": "Output"}],
                    CaptureContentTypeHeader={"JsonContentTypes": ["application/json"]})
     container, kind = {"ModelPackageName": arn}, f"-{stage}"
     named_by = [arn, role, {k: s[k] for k in _HOSTING}, capture]
@@ -191,6 +192,7 @@ def deploy(stage:str, # "staging" or "prod" (see `STAGES`)
            output_s3_uri:str|None=None, # asynchronous: S3 prefix for the answers
            failure_s3_uri:str|None=None, # asynchronous: S3 prefix for failed requests' errors (default OUTPUT/failures)
            max_concurrent:int|None=None, # asynchronous: requests an instance works on at once (default: the stage's)
+           capture_inputs:bool=False, # capture request bodies (people's videos) too, not only the answers
           ) -> dict:
     "Deploy the newest Approved package of `group` to the stage's endpoint; returns the plan and what was done."
     role = role or os.environ.get("SAGEMAKER_EXECUTION_ROLE_ARN")
@@ -198,7 +200,7 @@ def deploy(stage:str, # "staging" or "prod" (see `STAGES`)
     async_config = _asynchronous(stage, asynchronous, output_s3_uri, failure_s3_uri, max_concurrent)
     if client is None: client = _aws("sagemaker", region)
     package = newest_approved(client, group)
-    plan = deployment_plan(package, stage, role, capture_s3_uri, group, asynchronous=async_config)
+    plan = deployment_plan(package, stage, role, capture_s3_uri, group, asynchronous=async_config, capture_inputs=capture_inputs)
     done = plan | dict(region=client.meta.region_name, dry_run=dry_run, steps=[])
     def step(what, call=None, **request):
         done["steps"].append(what)

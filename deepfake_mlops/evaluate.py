@@ -114,15 +114,19 @@ def threshold_check(threshold:float, # the model's decision threshold (config.js
 
 
 # %% ../nbs/09_evaluate.ipynb #824b5463
-@torch.inference_mode()
 def score_crops(model:torch.nn.Module, # a classifier from `model.build_model` / `load_model`
                 crops:pd.DataFrame, # rows with crop_file (and target)
                 device="cpu", batch_size:int=64, workers:int=0,
                 progress:bool=False) -> np.ndarray:
     "Fake probability of every crop, in row order."
-    from tqdm.auto import tqdm
+    # outside inference mode: weights converted inside it become inference tensors (under torch 2.6), through which
+    # no gradient flows, and the evaluation's heat maps (`explain`) need one
     model.eval().to(memory_format=torch.channels_last)
-    device = torch.device(device)
+    return _scores(model, crops, torch.device(device), batch_size, workers, progress)
+
+@torch.inference_mode()
+def _scores(model, crops, device, batch_size, workers, progress) -> np.ndarray:
+    from tqdm.auto import tqdm
     rows = crops.assign(target=crops["target"] if "target" in crops else 0.0)
     loader = DataLoader(FaceCrops(rows), batch_size=batch_size, num_workers=workers)
     out = np.zeros(len(rows), np.float32)
@@ -238,17 +242,26 @@ def plot_evaluation(videos:pd.DataFrame, threshold:float, title:str=""):
     fig.tight_layout()
     return fig
 
-def plot_mistakes(frames:pd.DataFrame, threshold:float, n:int=8):
+def plot_mistakes(frames:pd.DataFrame, threshold:float, n:int=8,
+                  explainer=None, # an `explain.Explainer` of the model: a second row shows each mistake's heat map
+                 ):
     "Grid of the most confident mistakes (frames with `crop_file`), with their probability; returns the figure."
-    import matplotlib.pyplot as plt, cv2
+    import matplotlib.pyplot as plt
     wrong = frames[(frames["prob"] >= threshold) != (frames["target"] == 1)].copy()
     wrong["conf"] = (wrong["prob"] - threshold).abs()
     wrong = wrong.sort_values("conf", ascending=False).drop_duplicates("video_id").head(n)
-    fig, axes = plt.subplots(1, max(len(wrong), 1), figsize=(1.6 * max(len(wrong), 1), 2.1), squeeze=False)
-    for ax in axes[0]: ax.axis("off")
+    images = [crop_image(r) for _, r in wrong.iterrows()]
+    rows = [images]
+    if explainer is not None and images:
+        from deepfake_mlops.explain import overlay
+        rows.append([overlay(c, h) for c, h in zip(images, explainer.heat_maps(images))])
+    fig, axes = plt.subplots(len(rows), max(len(wrong), 1), figsize=(1.6 * max(len(wrong), 1), 0.3 + 1.8 * len(rows)), squeeze=False)
+    for ax in axes.flat: ax.axis("off")
+    for row, shown in zip(axes, rows):
+        for ax, image in zip(row, shown): ax.imshow(image)
     for ax, (_, r) in zip(axes[0], wrong.iterrows()):
-        ax.imshow(crop_image(r))
         ax.set_title(f"{'FAKE' if r['target'] else 'REAL'} p={r['prob']:.2f}", fontsize=8)
+    if len(rows) > 1: axes[1][0].set_title("heat maps", fontsize=8, loc="left")
     if wrong.empty: axes[0][0].set_title("no mistakes", fontsize=9)
     fig.tight_layout()
     return fig
@@ -303,7 +316,7 @@ def evaluate_model(model_dir:str|Path, # a saved model (`model.save_model`)
     check = _validation_check(model, crops, threshold, device, batch_size, workers)
     report = evaluation_report(rows, threshold, n_boot, check=check)
     report.update(model_dir=str(model_dir), data=str(data_dir), subset=subset)
-    _write_outputs(report, rows, threshold, out_dir, f"{Path(data_dir).name}: {subset}")
+    _write_outputs(report, rows, threshold, out_dir, f"{Path(data_dir).name}: {subset}", model)
     return report
 
 def _validation_check(model, crops, threshold, device, batch_size, workers) -> dict:
@@ -313,8 +326,9 @@ def _validation_check(model, crops, threshold, device, batch_size, workers) -> d
     videos = video_scores(val.assign(prob=score_crops(model, val, device, batch_size, workers)))
     return threshold_check(threshold, videos["target"], videos["prob"])
 
-def _write_outputs(report, rows, threshold, out_dir, title):
-    "evaluation.json, the per-video and per-frame scores and the two plots."
+def _write_outputs(report, rows, threshold, out_dir, title, model):
+    "evaluation.json, the per-video and per-frame scores and the two plots (the mistakes with the model's heat maps)."
+    from deepfake_mlops.explain import Explainer
     write_evaluation(report, out_dir/"evaluation.json")
     videos = video_scores(rows)
     with atomic_path(out_dir/"videos.csv") as p: videos.to_csv(p, index=False)
@@ -322,7 +336,9 @@ def _write_outputs(report, rows, threshold, out_dir, title):
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    for name, fig in [("evaluation.png", plot_evaluation(videos, threshold, title)), ("mistakes.png", plot_mistakes(rows, threshold))]:
+    figures = [("evaluation.png", plot_evaluation(videos, threshold, title)),
+               ("mistakes.png", plot_mistakes(rows, threshold, explainer=Explainer(model)))]
+    for name, fig in figures:
         with atomic_path(out_dir/name) as p: fig.savefig(p, dpi=90, format="png")
         plt.close(fig)
 

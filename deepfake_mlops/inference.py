@@ -6,7 +6,7 @@ Docs: https://deepfake-mlops.github.io/deepfake-mlops/inference.html.md"""
 
 # %% ../nbs/11_inference.ipynb #b874903d
 from __future__ import annotations
-import contextlib, gzip, io, json, os, re, tarfile, tempfile, zlib
+import base64, contextlib, gzip, io, json, os, re, tarfile, tempfile, zlib
 from dataclasses import dataclass, fields
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,15 +15,16 @@ import cv2
 import numpy as np
 import torch
 
-from .core import DEFAULTS, IMAGE_TYPES, JSON_TYPE, VIDEO_TYPES, atomic_path
+from .core import DEFAULTS, IMAGE_TYPES, JSON_TYPE, MAX_EXPLAIN, VIDEO_TYPES, atomic_path
 from .video import Frame, VideoError, iter_frames, prefetch
 from .blazeface import FaceDetector, MODELS as DETECTOR_MODELS, detector_weights_path
 from .faces import as_stored, crop_square, link_tracks, main_track
 from .model import load_model, normalize
 
 # %% auto #0
-__all__ = ['HANDLER', 'fuse_batchnorm', 'DeepfakeDetector', 'NoFaceError', 'package_model', 'safe_extract', 'unpacked',
-           'ServeLimits', 'RequestError', 'model_fn', 'input_fn', 'predict_fn', 'output_fn', 'transform_fn']
+__all__ = ['HANDLER', 'fuse_batchnorm', 'face_sharpness', 'DeepfakeDetector', 'NoFaceError', 'package_model', 'safe_extract',
+           'unpacked', 'ServeLimits', 'RequestError', 'model_fn', 'Request', 'explain_count', 'input_fn', 'predict_fn',
+           'output_fn', 'transform_fn']
 
 # %% ../nbs/11_inference.ipynb #78e19aa4
 def fuse_batchnorm(module:torch.nn.Module) -> torch.nn.Module:
@@ -34,6 +35,11 @@ def fuse_batchnorm(module:torch.nn.Module) -> torch.nn.Module:
     try: return fuse(module)
     except Exception: return module
 
+def face_sharpness(crop:np.ndarray) -> float:
+    "Variance of the Laplacian of a face crop's grey levels: falls as a video is recompressed harder or downscaled."
+    # recorded with every verdict so that monitoring sees the quality of the videos reaching a model (`monitor`)
+    return float(cv2.Laplacian(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
 class DeepfakeDetector:
     "A saved model plus the face detector: verdicts for videos, frames and face crops."
     def __init__(self, model_dir:str|Path, # a folder written by `model.save_model` (or an unpacked model.tar.gz)
@@ -43,6 +49,8 @@ class DeepfakeDetector:
         model_dir = Path(model_dir)
         self.device, self.chunk = torch.device(device), max(chunk, 2)
         self.model = load_model(model_dir, self.device).to(memory_format=torch.channels_last)
+        # heat maps hook the backbone's own layers, which folding renames: they use the unfolded one (`_explain`)
+        self.plain_backbone, self.explainer = self.model.backbone, None
         self.model.backbone = fuse_batchnorm(self.model.backbone)
         cfg = self.model.config
         self.threshold = float(cfg.get("threshold", 0.5))
@@ -67,12 +75,12 @@ class DeepfakeDetector:
 
     def _look(self, frames:Iterable[Frame]):
         "Short-range detection, crops and scores of every face, a few frames at a time as they arrive."
-        seen, dets, probs = [], [], {}  # probs: (frame position, detection) -> fake probability
+        seen, dets, crops, probs = [], [], {}, {}  # crops, probs: (frame position, detection) -> crop, fake probability
         def look(batch):
             found = self.faces.stages[0]([f.image for f in batch])
-            faces = [(j, k) for j, d in enumerate(found) for k in range(len(d))]
-            scores = self.score_crops([self._crop(batch[j].image, found[j][k]) for j, k in faces])
-            probs.update({(len(seen) + j, k): p for (j, k), p in zip(faces, scores)})
+            faces = [(len(seen) + j, k, self._crop(batch[j].image, found[j][k])) for j, d in enumerate(found) for k in range(len(d))]
+            crops.update({(i, k): c for i, k, c in faces})
+            probs.update({(i, k): p for (i, k, _), p in zip(faces, self.score_crops([c for *_, c in faces]))})
             seen.extend(batch); dets.extend(found)
         pending = []
         for frame in frames:
@@ -80,9 +88,9 @@ class DeepfakeDetector:
             # keep two frames back so that the last batch has at least two frames too
             if len(pending) >= self.chunk + 2: look(pending[:self.chunk]); del pending[:self.chunk]
         if pending: look(pending)
-        return seen, dets, probs
+        return seen, dets, crops, probs
 
-    def _verdict(self, seen, dets, probs, kind):
+    def _verdict(self, seen, dets, crops, probs, kind, explain:int=0):
         "The main person's per-frame scores and their mean, after the rest of the detector cascade."
         empty = [i for i, d in enumerate(dets) if len(d) == 0]
         for stage in self.faces.stages[1:]:  # as `FaceDetector`: each next model only on frames still without a face
@@ -98,27 +106,42 @@ class DeepfakeDetector:
             if len(on_main): picked.append((i, int(on_main[0])))
         if not picked: raise NoFaceError(f"no face found in the {len(seen)} {kind} examined")
         late = [key for key in picked if key not in probs]  # faces only the later detectors found
-        probs.update(zip(late, self.score_crops([self._crop(seen[i].image, dets[i][k]) for i, k in late])))
+        crops.update({(i, k): self._crop(seen[i].image, dets[i][k]) for i, k in late})
+        probs.update(zip(late, self.score_crops([crops[key] for key in late])))
         rows = [dict(index=int(seen[i].index), timestamp=round(float(seen[i].timestamp), 3),
                      box=[round(float(v), 1) for v in dets[i][k][:4]], face_score=round(float(dets[i][k][-1]), 4),
-                     probability=round(float(probs[i, k]), 4)) for i, k in picked]
+                     sharpness=round(face_sharpness(crops[i, k]), 1), probability=round(float(probs[i, k]), 4))
+                for i, k in picked]
         prob = float(np.mean([probs[key] for key in picked]))
-        return dict(label="FAKE" if prob >= self.threshold else "REAL", probability=round(prob, 4),
-                    threshold=self.threshold, faces_found=len(rows), frames_examined=len(seen),
-                    frames=rows, model_version=self.version)
+        verdict = dict(label="FAKE" if prob >= self.threshold else "REAL", probability=round(prob, 4),
+                       threshold=self.threshold, faces_found=len(rows), frames_examined=len(seen),
+                       frames=rows, model_version=self.version)
+        if explain: verdict["explanations"] = self._explain(picked, rows, crops, explain)
+        return verdict
 
-    def predict_video(self, path:str|Path) -> dict:
-        "Verdict for a video file: label, fake probability, and per-frame scores."
+    def _explain(self, picked, rows, crops, n:int) -> list[dict]:
+        "Heat maps of the `n` most suspicious faces of the main person (`explain.Explainer`), most suspicious first."
+        from deepfake_mlops.explain import Explainer
+        if self.explainer is None: self.explainer = Explainer(self.model, self.plain_backbone)
+        top = sorted(range(len(rows)), key=lambda j: -rows[j]["probability"])[:min(n, MAX_EXPLAIN)]
+        pngs = self.explainer.overlay_pngs([crops[picked[j]] for j in top])
+        return [dict(index=rows[j]["index"], timestamp=rows[j]["timestamp"], probability=rows[j]["probability"],
+                     png=base64.b64encode(png).decode()) for j, png in zip(top, pngs)]
+
+    def predict_video(self, path:str|Path,
+                      explain:int=0, # heat maps of this many of the most suspicious faces (at most `MAX_EXPLAIN`)
+                     ) -> dict:
+        "Verdict for a video file: label, fake probability, per-frame scores, and heat maps when asked."
         # closing: an error while scoring stops the decoder thread at once, not when the traceback is freed
         # converted to RGB in the decoder thread: converting in this one while the decoder went on (`lazy=True`, 9%
         # faster) hung now and then under torch 2.6, the SageMaker container's (not in 24 videos under torch 2.14)
         with contextlib.closing(prefetch(iter_frames(path, self.frames))) as frames:
             looked = self._look(frames)
-        return self._verdict(*looked, "sampled frames")
+        return self._verdict(*looked, "sampled frames", explain)
 
-    def predict_image(self, image:np.ndarray) -> dict:
+    def predict_image(self, image:np.ndarray, explain:int=0) -> dict:
         "Verdict for one RGB image: a frame with a face in it, or a face crop."
-        return self._verdict(*self._look([Frame(0, 0.0, image)]), "image")
+        return self._verdict(*self._look([Frame(0, 0.0, image)]), "image", explain)
 
 class NoFaceError(ValueError):
     "The input showed no face, so there is nothing to judge."
@@ -134,7 +157,7 @@ def package_model(model_dir:str|Path, # a trained model folder
                   requirement:str|None=None, # how the container installs this package (default: this version from PyPI)
                   version:str|None=None, # model version recorded in config.json
                  ) -> Path:
-    "Write model.tar.gz: model.pt, config.json, blazeface/*.pt and code/ (inference.py, requirements.txt)."
+    "Write model.tar.gz: model.pt, config.json, baseline.json (where training wrote one), blazeface/*.pt and code/."
     import deepfake_mlops
     model_dir, out = Path(model_dir), Path(out)
     cfg = json.loads((model_dir/"config.json").read_text())
@@ -142,6 +165,8 @@ def package_model(model_dir:str|Path, # a trained model folder
     members = {"model.pt": (model_dir/"model.pt").read_bytes(), "config.json": json.dumps(cfg, indent=2).encode(),
                "code/inference.py": HANDLER.encode(),
                "code/requirements.txt": (requirement or f"deepfake-mlops=={deepfake_mlops.__version__}").encode() + b"\n"}
+    # what the validation videos looked like to the model, for monitoring what reaches it (`monitor`)
+    if (model_dir/"baseline.json").is_file(): members["baseline.json"] = (model_dir/"baseline.json").read_bytes()
     for m in DETECTOR_MODELS:
         source = detector_weights_path(m)
         if not source.exists(): raise FileNotFoundError(f"{source} missing: run `deepfake-mlops weights` first")
@@ -281,23 +306,42 @@ def _s3_object(uri:str, limits:ServeLimits) -> str:
         raise RequestError(status, f"s3_uri {uri!r} could not be fetched ({code})") from None
     return path
 
-def _json_request(body:bytes, limits:ServeLimits):
-    "The video a JSON request names: {\"path\": ...} or {\"s3_uri\": ...}, one text field."
+@dataclass
+class Request:
+    "A decoded request: what to judge, and how to answer."
+    kind:str  # "video" or "image"
+    media:object  # the video's file (str) or the image (RGB array)
+    owned:bool = False  # the file is a temporary copy, removed once judged
+    name:str = "the request body"  # the video as the client named it, for error messages
+    explain:int = 0  # heat maps asked for: this many of the most suspicious faces
+
+def explain_count(value, where:str) -> int:
+    "How many heat maps a request asks for (`where`: how it asked), checked: a whole number from 0 to `MAX_EXPLAIN`."
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,4}", text) or int(text) > MAX_EXPLAIN:
+        raise RequestError(400, f"{where} is {text[:40]!r}; it must be a whole number of heat maps from 0 to {MAX_EXPLAIN}")
+    return int(text)
+
+def _json_request(body:bytes, limits:ServeLimits) -> Request:
+    "The video a JSON request names: {\"path\": ...} or {\"s3_uri\": ...}, and optionally \"explain\": N."
     try: request = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise RequestError(400, f"invalid JSON: {e}") from None
     except RecursionError: raise RequestError(400, "invalid JSON: nested too deeply") from None
     keys = sorted({"path", "s3_uri"} & set(request)) if isinstance(request, dict) else []
-    if len(keys) != 1 or not isinstance(request[keys[0]], str) or not request[keys[0]] or "\0" in request[keys[0]]:
-        raise RequestError(400, 'a JSON request is an object with one text field: '
-                                '{"path": "..."} or {"s3_uri": "s3://BUCKET/KEY"}')
+    if (len(keys) != 1 or not isinstance(request[keys[0]], str) or not request[keys[0]] or "\0" in request[keys[0]]
+            or set(request) - {keys[0], "explain"}):
+        raise RequestError(400, 'a JSON request is an object with one text field, {"path": "..."} or '
+                                '{"s3_uri": "s3://BUCKET/KEY"}, and optionally "explain": a number of heat maps')
+    explain = explain_count(request.get("explain", 0), 'the JSON field "explain"')
     where = request[keys[0]]
-    if keys[0] == "path": return ("video", _local_file(where, limits.allow_paths), False, where)
-    return ("video", _s3_object(where, limits), True, where)
+    if keys[0] == "path": return Request("video", _local_file(where, limits.allow_paths), False, where, explain)
+    return Request("video", _s3_object(where, limits), True, where, explain)
 
 # %% ../nbs/11_inference.ipynb #b11input
 def input_fn(body:bytes, content_type:str, context=None,
              limits:ServeLimits|None=None, # default: `ServeLimits.from_env()`
-            ):
+             explain:int=0, # heat maps asked for outside the body (a query parameter, a custom attribute); JSON may ask itself
+            ) -> Request:
     "Decode a request: a video (kept as a temporary file), an image (RGB array) or JSON naming a path or S3 URI."
     limits = limits or ServeLimits.from_env()
     if isinstance(body, str): body = body.encode()  # the SageMaker toolkit hands JSON bodies over decoded
@@ -307,35 +351,49 @@ def input_fn(body:bytes, content_type:str, context=None,
     if kind in IMAGE_TYPES:
         image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
         if image is None: raise RequestError(422, f"the {kind} body is not a decodable image")
-        return ("image", cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        return Request("image", cv2.cvtColor(image, cv2.COLOR_BGR2RGB), explain=explain)
     if kind in VIDEO_TYPES or kind.startswith("video/"):
         fd, path = tempfile.mkstemp(suffix=".video"); os.write(fd, body); os.close(fd)
-        return ("video", path, True, "the request body")
-    if kind == JSON_TYPE: return _json_request(body, limits)
+        return Request("video", path, True, explain=explain)
+    if kind == JSON_TYPE:
+        request = _json_request(body, limits)
+        request.explain = request.explain or explain
+        return request
     raise RequestError(415, f"unsupported content type {content_type[:100]!r}; send video/mp4 (or another video type), "
                             f"image/jpeg, image/png or application/json")
 
-def predict_fn(data, model:DeepfakeDetector, context=None) -> dict:
+def predict_fn(data:Request, model:DeepfakeDetector, context=None) -> dict:
     "Run the detector on decoded input; undecodable media and faceless inputs become 422 errors."
     try:
-        if data[0] == "image": return model.predict_image(data[1])
-        return model.predict_video(data[1])
+        if data.kind == "image": return model.predict_image(data.media, data.explain)
+        return model.predict_video(data.media, data.explain)
     except (VideoError, NoFaceError) as e:
         # the answer names the video as the client named it, never the server's temporary file
-        raise RequestError(422, str(e).replace(data[1], data[3]) if data[0] == "video" else str(e)) from None
+        raise RequestError(422, str(e).replace(data.media, data.name) if data.kind == "video" else str(e)) from None
     finally:
-        if data[0] == "video" and data[2]: Path(data[1]).unlink(missing_ok=True)
+        if data.kind == "video" and data.owned: Path(data.media).unlink(missing_ok=True)
 
 def output_fn(prediction:dict, accept:str="application/json", context=None):
     "JSON, whatever the Accept header (it is the only format)."
     return json.dumps(prediction), "application/json"
+
+def _asked_to_explain(context) -> int:
+    "Heat maps a SageMaker client asked for with `CustomAttributes=\"explain=N\"` (TorchServe hands the header over)."
+    headers = (context.get_all_request_header(0) or {}) if context is not None else {}
+    # looked up whatever the case of its name: the toolkit itself reads both "Accept" and "accept"
+    header = next((v for k, v in headers.items() if str(k).lower() == "x-amzn-sagemaker-custom-attributes"), "")
+    if isinstance(header, (bytes, bytearray)): header = header.decode("utf-8", "replace")
+    for item in (header or "").split(","):  # a client may send other attributes beside it
+        key, _, value = item.partition("=")
+        if key.strip() == "explain": return explain_count(value, "the custom attribute explain")
+    return 0
 
 def transform_fn(model:DeepfakeDetector, body, content_type:str, accept:str, context=None):
     "The whole answer for the SageMaker inference toolkit: a refused request gets its status and a one-line JSON error."
     # the toolkit answers an exception with its message and the traceback; its own error type carries a status,
     # but the traceback still follows the message, so the status is set on TorchServe's context here instead
     import http, sys, traceback
-    try: return output_fn(predict_fn(input_fn(body, content_type), model), accept)
+    try: return output_fn(predict_fn(input_fn(body, content_type, explain=_asked_to_explain(context)), model), accept)
     except RequestError as e: status, message = e.status, str(e)
     except Exception:
         traceback.print_exc(file=sys.stderr)  # into the model server's log, for the operator

@@ -63,6 +63,7 @@ class Backbone:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     input_size: int = 224  # the resolution the weights were trained at
+    cam_layer: str = ""  # the backbone's last convolutional stage, whose activations heat maps weigh (`explain`)
     @property
     def sha256(self) -> str: return self.weights.sha256
 
@@ -92,14 +93,14 @@ def _strip_efficientnet_lite(model:nn.Module) -> nn.Module:
 BACKBONES = {
     "mobilenet_v2": Backbone(
         constructor=_mobilenet_v2, strip_head=_strip_mobilenet_v2, feature_dim=1280,
-        weights=WEIGHTS["mobilenet_v2"]),
+        weights=WEIGHTS["mobilenet_v2"], cam_layer="features.18"),
     "efficientnet_lite0": Backbone(
         constructor=_efficientnet_lite0, strip_head=_strip_efficientnet_lite, feature_dim=1280,
-        weights=WEIGHTS["efficientnet_lite0"]),
+        weights=WEIGHTS["efficientnet_lite0"], cam_layer="_bn1"),
     # 6.1 M parameters, ImageNet-trained at 260 px: about three times lite0's compute at the same input size
     "efficientnet_lite2": Backbone(
         constructor=_efficientnet_lite2, strip_head=_strip_efficientnet_lite, feature_dim=1280,
-        weights=WEIGHTS["efficientnet_lite2"], input_size=260),
+        weights=WEIGHTS["efficientnet_lite2"], input_size=260, cam_layer="_bn1"),
 }
 
 # %% ../nbs/07_model.ipynb #779703a7

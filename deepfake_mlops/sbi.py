@@ -94,9 +94,11 @@ def self_blend(image:np.ndarray, # H x W x 3 uint8 real face crop
                points:np.ndarray, # 468 x 2 landmarks (or 6 x 2 keypoints) in crop pixels
                rng:np.random.Generator,
                with_mask:bool=False, # also return the mask used
+               within:np.ndarray|None=None, # H x W weights in [0, 1] the mask is multiplied by: a blend of part of the face
               ) -> np.ndarray|tuple[np.ndarray, np.ndarray]:
     "A self-blended fake of a real face crop (and its blending mask when `with_mask`)."
     source = _shift_geometry(_shift_colour(image, rng), rng)
     mask = blend_mask(image.shape, points, rng)
+    if within is not None: mask = mask * within
     fake = np.clip(source * mask[..., None] + image.astype(np.float32) * (1 - mask[..., None]), 0, 255).round().astype(np.uint8)
     return (fake, mask) if with_mask else fake

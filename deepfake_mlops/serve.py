@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .inference import RequestError, ServeLimits, input_fn, output_fn, predict_fn
+from urllib.parse import parse_qs, urlsplit
+
+from .inference import RequestError, ServeLimits, explain_count, input_fn, output_fn, predict_fn
 
 # %% auto #0
 __all__ = ['PAGE', 'PAGE_HEADERS', 'DRAIN_LIMIT', 'MIN_RATE', 'make_handler', 'BoundedServer', 'serve']
@@ -42,6 +44,10 @@ dd { margin: 0; font-variant-numeric: tabular-nums; }
 #plot .threshold { stroke: #1d2330; stroke-dasharray: 6 4; }
 #plot .mark.above { fill: #b42318; }
 #plot .mark.below { fill: #067647; }
+#face-maps { display: flex; flex-wrap: wrap; gap: .8rem; margin-top: 1rem; }
+#face-maps figure { margin: 0; width: 9.5rem; }
+#face-maps img { width: 100%; height: auto; border-radius: .3rem; display: block; }
+#face-maps figcaption { font-size: .8rem; color: #4a5468; font-variant-numeric: tabular-nums; }
 [hidden] { display: none !important; }
 </style>
 </head>
@@ -50,6 +56,7 @@ dd { margin: 0; font-variant-numeric: tabular-nums; }
 <p>Pick a video (MP4, MOV, WebM, MKV, AVI) or a photo (JPEG, PNG) that shows a face. It goes to this
 server's <code>POST /invocations</code>, the endpoint a SageMaker client calls, and nowhere else.</p>
 <label class="pick">Video or image: <input id="file" type="file" accept="video/*,image/jpeg,image/png"></label>
+<label><input id="explain" type="checkbox" checked> show heat maps of the most suspicious faces (where the model saw signs of a fake)</label>
 <p id="status" role="status"></p>
 <div id="error" role="alert" hidden></div>
 <section id="verdict" hidden>
@@ -62,6 +69,11 @@ server's <code>POST /invocations</code>, the endpoint a SageMaker client calls, 
 <dt>model version</dt><dd id="version"></dd>
 </dl>
 <svg id="plot" viewBox="0 0 640 230" role="img" aria-label="fake probability of each scored frame"></svg>
+<section id="maps" hidden>
+<h2>The most suspicious faces</h2>
+<p>Red: the regions whose features raised the fake probability most; each map is scaled to its own peak.</p>
+<div id="face-maps"></div>
+</section>
 </section>
 <script>
 "use strict";
@@ -71,6 +83,7 @@ const MAX_BODY = Number(document.body.dataset.maxBody);
 const TYPES = {mp4: "video/mp4", m4v: "video/mp4", mov: "video/quicktime", webm: "video/webm", mkv: "video/x-matroska",
                avi: "video/x-msvideo", jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png"};
 const SVG = "http://www.w3.org/2000/svg";
+const EXPLAIN = 4;  // heat maps asked for; the server allows at most MAX_EXPLAIN
 
 function contentType(file) {
   return file.type || TYPES[file.name.split(".").pop().toLowerCase()] || "application/octet-stream";
@@ -91,7 +104,8 @@ async function check(file) {
   $("file").disabled = true;
   const started = performance.now();
   try {
-    const response = await fetch("/invocations", {method: "POST", body: file,
+    const route = $("explain").checked ? `/invocations?explain=${EXPLAIN}` : "/invocations";
+    const response = await fetch(route, {method: "POST", body: file,
                                                   headers: {"Content-Type": contentType(file), "Accept": "application/json"}});
     let answer;
     try { answer = await response.json(); }
@@ -115,8 +129,26 @@ function show(file, v, seconds) {
   $("frames").textContent = v.frames_examined;
   $("version").textContent = v.model_version;
   plot(v.frames, v.threshold);
+  showMaps(v.explanations || []);
   $("status").textContent = `${file.name}: answered in ${seconds.toFixed(1)} s.`;
   $("verdict").hidden = false;
+}
+
+// each explained face: its crop under its heat map, with the frame, time and score it belongs to
+function showMaps(explained) {
+  const box = $("face-maps");
+  box.replaceChildren();
+  for (const e of explained) {
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = `data:image/png;base64,${e.png}`;
+    img.alt = `heat map of the face in frame ${e.index}`;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `frame ${e.index} at ${e.timestamp.toFixed(2)} s: ${e.probability.toFixed(3)}`;
+    figure.append(img, caption);
+    box.appendChild(figure);
+  }
+  $("maps").hidden = explained.length === 0;
 }
 
 function add(parent, tag, attrs, text) {
@@ -168,7 +200,7 @@ def _inline_hash(tag, html):
 PAGE_HEADERS = {
     "Content-Type": "text/html; charset=utf-8", "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
     "Content-Security-Policy": f"default-src 'none'; script-src {_inline_hash('script', PAGE)}; "
-                               f"style-src {_inline_hash('style', PAGE)}; connect-src 'self'; base-uri 'none'; "
+                               f"style-src {_inline_hash('style', PAGE)}; img-src data:; connect-src 'self'; base-uri 'none'; "
                                "form-action 'none'; frame-ancestors 'none'",
 }
 
@@ -201,7 +233,9 @@ def _read(stream, n:int, timeout:float, keep:bool=True) -> bytes:
     return b"".join(parts)
 
 # %% ../nbs/12_serve.ipynb #c12handl
-def make_handler(model, limits:ServeLimits|None=None) -> type:
+def make_handler(model, limits:ServeLimits|None=None,
+                 capture=None, # records every /invocations request and its answer (`capture.CaptureWriter`); None: none
+                ) -> type:
     "A request handler class bound to a loaded model and the limits it serves under (default `ServeLimits.from_env()`)."
     limits = limits or ServeLimits.from_env()
     # one thread runs the model, one request at a time: its buffers stay in one allocator arena instead of
@@ -226,16 +260,23 @@ def make_handler(model, limits:ServeLimits|None=None) -> type:
             if self.path == "/": return self._send(200, page, PAGE_HEADERS)
             self._send(404, {"error": f"no route {self.path[:100]}; use GET / (upload page), GET /ping or POST /invocations"})
         def do_POST(self):
-            if self.path != "/invocations":
+            route = urlsplit(self.path)
+            if route.path != "/invocations":
                 return self._send(404, {"error": f"no route {self.path[:100]}; use POST /invocations"})
-            try: return self._send(200, self._invoke())
-            except RequestError as e: status, message = e.status, str(e)
+            started, self.body = time.perf_counter(), None
+            try: status, answer = 200, self._invoke(route.query)
+            except RequestError as e: status, answer = e.status, {"error": str(e)}
             except Exception:
                 traceback.print_exc(file=sys.stderr)  # the detail is for the operator, not for the client
-                status, message = 500, "internal server error; the server's log has the details"
-            self.close_connection = True  # what is left of the body is never read
-            self._send(status, {"error": message})
-        def _invoke(self) -> dict:
+                status, answer = 500, {"error": "internal server error; the server's log has the details"}
+            latency = time.perf_counter() - started
+            if status != 200: self.close_connection = True  # what is left of the body is never read
+            self._send(status, answer)
+            # after answering: the client never waits for the capture file
+            if capture is not None: capture.record(self.headers.get("Content-Type", ""), self.body, status, answer, latency)
+        def _invoke(self, query:str) -> dict:
+            asked = parse_qs(query, keep_blank_values=True).get("explain", ["0"])
+            explain = explain_count(asked[-1], "the query parameter explain")
             length = _body_length(self.headers)
             if length > limits.max_body:
                 # read and drop a moderately oversized body so the client gets the answer instead of a
@@ -243,8 +284,8 @@ def make_handler(model, limits:ServeLimits|None=None) -> type:
                 if length <= limits.max_body + DRAIN_LIMIT:
                     with contextlib.suppress(RequestError): _read(self.rfile, length, limits.read_timeout, keep=False)
                 raise RequestError(413, f"request body of {length} bytes is over the {limits.max_body}-byte limit")
-            body = _read(self.rfile, length, limits.read_timeout)
-            data = input_fn(body, self.headers.get("Content-Type", ""), limits=limits)
+            body = self.body = _read(self.rfile, length, limits.read_timeout)
+            data = input_fn(body, self.headers.get("Content-Type", ""), limits=limits, explain=explain)
             prediction = worker.submit(predict_fn, data, model).result()
             return json.loads(output_fn(prediction, self.headers.get("Accept", "application/json"))[0])
     return Handler
@@ -285,12 +326,13 @@ def _is_loopback(host:str) -> bool:
 def serve(model:str|Path, # a model folder or a model.tar.gz
           host:str="127.0.0.1", port:int=8080, device:str="cpu",
           limits:ServeLimits|None=None, # default `ServeLimits.from_env()`
+          capture=None, # a `capture.CaptureWriter` recording requests and answers (None: nothing recorded)
          ) -> ThreadingHTTPServer:
     "Start the server in a background thread; returns it (call `.shutdown()` to stop)."
     from deepfake_mlops.inference import DeepfakeDetector, unpacked
     limits = limits or ServeLimits.from_env()
     with unpacked(model) as folder: detector = DeepfakeDetector(folder, device)  # loaded: the unpacked files can go
-    server = BoundedServer((host, port), make_handler(detector, limits), limits.max_connections)
+    server = BoundedServer((host, port), make_handler(detector, limits, capture), limits.max_connections)
     if not _is_loopback(host):
         print(f"warning: serving on {host or 'every address'}: anyone who can reach this machine can send requests "
               "and read the verdicts; use --host 127.0.0.1 unless that is what you mean", file=sys.stderr)

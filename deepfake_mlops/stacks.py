@@ -55,6 +55,7 @@ def stack_parameters(package:dict, # a model package summary (`deploy.newest_app
                      capture_s3_uri:str, # S3 prefix for captured requests and answers
                      group:str=DEFAULT_GROUP,
                      allow_s3:tuple=(), # s3:// prefixes requests may name as {"s3_uri": ...}
+                     capture_inputs:bool=False, # capture request bodies (people's videos) too, not only the answers
                     ) -> dict[str, str]:
     "The endpoint template's parameters for `package` on `stage`, from the stage's settings file."
     _check(stage, role, capture_s3_uri)
@@ -63,6 +64,7 @@ def stack_parameters(package:dict, # a model package summary (`deploy.newest_app
             "ExecutionRoleArn": role, "EndpointName": stack_name(stage, group), "StageName": stage,
             "InstanceType": s["instance_type"], "InstanceCount": str(s["instance_count"]),
             "CapturePercent": str(s["capture_percent"]), "CaptureS3Uri": capture_s3_uri,
+            "CaptureInputs": "true" if capture_inputs else "false",
             "MaxRequestBytes": str(REALTIME_MAX_BODY), "ServerTimeoutSeconds": str(REALTIME_TIMEOUT_S),
             "AllowS3Prefixes": ",".join(allow_s3),
             "AutoscalingMinInstances": str(scaling.get("min_instances", 0)),
@@ -72,11 +74,12 @@ def stack_parameters(package:dict, # a model package summary (`deploy.newest_app
             "ScaleOutCooldownSeconds": str(scaling.get("scale_out_cooldown_s", 120))}
 
 def parameter_files(out:str|Path, # folder to write staging.json and prod.json in
-                    package:dict, role:str, capture_s3_uri:str, group:str=DEFAULT_GROUP, allow_s3:tuple=()) -> dict[str, Path]:
+                    package:dict, role:str, capture_s3_uri:str, group:str=DEFAULT_GROUP, allow_s3:tuple=(),
+                    capture_inputs:bool=False) -> dict[str, Path]:
     "Write each stage's stack parameters for the same `package`; returns {stage: path}."
     written = {}
     for stage in STAGES:
-        params = stack_parameters(package, stage, role, capture_s3_uri, group, allow_s3)
+        params = stack_parameters(package, stage, role, capture_s3_uri, group, allow_s3, capture_inputs)
         tags = {"deepfake-mlops:group": group, "deepfake-mlops:stage": stage}
         written[stage] = Path(out)/f"{stage}.json"
         atomic_write_text(written[stage], json.dumps({"Parameters": params, "Tags": tags}, indent=2) + "\n")

@@ -409,10 +409,14 @@ def _extraction_settings(faces_dir):
                 frames_per_video=s.get("frames", DEFAULTS.frames_per_video), detector=s.get("detector", DEFAULTS.detector))
 
 def _save_best(model, out_dir, cfg, val_frames, extraction):
-    "Save the model with its calibration; at 0.5 on the calibrated probability the verdict weighs both classes alike."
+    "Save the model with its calibration and its validation baseline; at 0.5 on the calibrated probability the verdict weighs both classes alike."
+    from deepfake_mlops.monitor import validation_baseline
     calibration = fit_calibration(val_frames["prob"], val_frames["target"], val_frames["video_id"])
     save_model(_unwrap(model), out_dir, dict(backbone=cfg.backbone, threshold=0.5, calibration=calibration,
                                              **extraction, train=asdict(cfg)))
+    # what the validation videos looked like to this model: `monitor` compares an endpoint's traffic with it
+    baseline = validation_baseline(val_frames, calibration, 0.5, extraction["frames_per_video"])
+    atomic_write_text(Path(out_dir)/"baseline.json", json.dumps(baseline) + "\n")
 
 # %% ../nbs/10_train.ipynb #717bd4ec
 def parse_args(argv=None) -> argparse.Namespace:

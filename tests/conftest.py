@@ -46,6 +46,15 @@ def ffpp_run_started(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ffpp_faces(ffpp, tmp_path_factory) -> Path:
+    "Face crops of the FF++ sample at 8 frames a video, extracted once for the tests that train on them (none writes there)."
+    out = tmp_path_factory.mktemp("ffpp-faces")/"faces"
+    proc = run_cli("extract", ffpp, "--out", out, "--frames", 8, "--workers", 2, "--no-contact-sheet")
+    assert proc.returncode == 0, describe(proc)
+    return out
+
+
+@pytest.fixture(scope="session")
 def demo_clips(tmp_path_factory) -> Path:
     "A labels.csv dataset of 12 short rendered clips (6 REAL, 6 FAKE) that needs nothing outside the repository."
     from deepfake_mlops.demo import render_demo_clips

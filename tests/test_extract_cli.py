@@ -22,7 +22,7 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 # every command the README documents, written out here rather than read from the parser
 SUBCOMMANDS = ["weights", "manifest", "extract", "train", "crossval", "evaluate", "predict", "serve", "deploy", "predict-endpoint",
-               "contact-sheet", "demo", "pipeline", "run", "serve-sagemaker", "models", "executions", "stack", "endpoints"]
+               "monitor", "contact-sheet", "demo", "pipeline", "run", "serve-sagemaker", "models", "executions", "stack", "endpoints"]
 
 def test_help_lists_every_subcommand():
     proc = run_cli("--help")

@@ -1,6 +1,6 @@
 "SageMaker's own runtime on this machine: the pipeline's jobs through its toolkits on torch 2.6, its model under TorchServe."
 from __future__ import annotations
-import json, os, subprocess, urllib.error, urllib.request
+import base64, json, os, subprocess, urllib.error, urllib.request
 from pathlib import Path
 
 import pytest
@@ -90,8 +90,8 @@ def test_model_trained_in_the_runtime_scores_here_as_there(runtime_run):
     assert gap.max() < 1e-3, (gap.max(), there.assign(here=here).loc[gap.argmax()])
 
 
-def _post(url, body, kind, timeout=600):
-    req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": kind})
+def _post(url, body, kind, timeout=600, headers=None):
+    req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": kind, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, r.read()
     except urllib.error.HTTPError as e: return e.code, e.read()
@@ -157,6 +157,14 @@ def test_model_under_torchserve_answers_as_predict_and_serve(runtime_run, runtim
             status, body = _post(server.url, Path(video).read_bytes(), "video/mp4")
             assert status == 200, body[:300]
             assert json.loads(body)["probability"] == pytest.approx(expected[str(video)], abs=1e-3), video
+        # heat maps, asked for as a SageMaker client asks: InvokeEndpoint's CustomAttributes header
+        status, body = _post(server.url, Path(sample_videos[0]).read_bytes(), "video/mp4",
+                             headers={"X-Amzn-SageMaker-Custom-Attributes": "trace=7, explain=2"})
+        assert status == 200, body[:300]
+        answer = json.loads(body)
+        ranked = sorted(answer["frames"], key=lambda f: -f["probability"])[:2]
+        assert [e["index"] for e in answer["explanations"]] == [f["index"] for f in ranked]
+        assert all(base64.b64decode(e["png"])[:4] == b"\x89PNG" for e in answer["explanations"])
         for (body, kind), (own_status, own_body) in zip(BAD_REQUESTS, own_answers):
             status, answer = _post(server.url, body, kind)
             assert 400 <= own_status < 500 and (status, json.loads(answer)) == (own_status, json.loads(own_body)), (kind, body, answer)

@@ -16,11 +16,12 @@ def sample_video(ffpp) -> Path:
     return video
 
 
-def _pick(browser, url, path, timeout=300) -> str:
-    "Open the page, pick `path` in its file input, and wait for the verdict or the error; returns which one shows."
+def _pick(browser, url, path, timeout=300, explain=True) -> str:
+    "Open the page, pick `path` in its file input (heat maps asked for or not), and wait for the verdict or the error; returns which one shows."
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     browser.get(url + "/")
+    if browser.find_element(By.ID, "explain").is_selected() != explain: browser.find_element(By.ID, "explain").click()
     browser.find_element(By.ID, "file").send_keys(str(Path(path).resolve()))
     shown = lambda b: next((i for i in ("verdict", "error") if b.find_element(By.ID, i).is_displayed()), False)
     return WebDriverWait(browser, timeout).until(shown)
@@ -65,6 +66,30 @@ def test_page_shows_the_verdict_predict_gives(demo_server, browser, sample_video
     assert _pick(browser, url, video) == "verdict", _text(browser, "error")
     _check_shown(browser, expected)
     assert expected["model_version"] == "test-1" and expected["faces_found"] > 1
+
+
+def _shown_maps(browser) -> list[tuple[int, bool]]:
+    "The heat maps on the page: (frame index of the caption, whether the browser decoded the image) each."
+    from selenium.webdriver.common.by import By
+    if not browser.find_element(By.ID, "maps").is_displayed(): return []
+    shown = []
+    for figure in browser.find_elements(By.CSS_SELECTOR, "#face-maps figure"):
+        img = figure.find_element(By.TAG_NAME, "img")
+        decoded = browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+        shown.append((int(figure.find_element(By.TAG_NAME, "figcaption").text.split()[1]), decoded == 224))
+    return shown
+
+
+def test_page_shows_heat_maps_of_the_most_suspicious_faces(demo_server, browser, sample_video):
+    url, _ = demo_server
+    status, expected = _post(url, sample_video.read_bytes(), "video/mp4")
+    assert status == 200, expected
+    assert _pick(browser, url, sample_video) == "verdict", _text(browser, "error")
+    # the four faces of the highest fake probability, most suspicious first, each a face-sized image the page allowed
+    ranked = sorted(expected["frames"], key=lambda f: -f["probability"])[:4]
+    assert _shown_maps(browser) == [(f["index"], True) for f in ranked]
+    assert _pick(browser, url, sample_video, explain=False) == "verdict"
+    assert _shown_maps(browser) == []  # not asked for, not shown
 
 
 def test_page_shows_the_verdict_for_a_photo(demo_server, browser, sample_video, tmp_path):
