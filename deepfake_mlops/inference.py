@@ -22,9 +22,9 @@ from .faces import as_stored, crop_square, link_tracks, main_track
 from .model import load_model, normalize
 
 # %% auto #0
-__all__ = ['HANDLER', 'fuse_batchnorm', 'face_sharpness', 'DeepfakeDetector', 'NoFaceError', 'package_model', 'safe_extract',
-           'unpacked', 'ServeLimits', 'RequestError', 'model_fn', 'Request', 'explain_count', 'input_fn', 'predict_fn',
-           'output_fn', 'transform_fn']
+__all__ = ['HANDLER', 'fuse_batchnorm', 'model_version', 'face_sharpness', 'DeepfakeDetector', 'NoFaceError', 'package_model',
+           'safe_extract', 'unpacked', 'ServeLimits', 'RequestError', 'model_fn', 'Request', 'explain_count',
+           'input_fn', 'predict_fn', 'output_fn', 'transform_fn']
 
 # %% ../nbs/11_inference.ipynb #78e19aa4
 def fuse_batchnorm(module:torch.nn.Module) -> torch.nn.Module:
@@ -34,6 +34,10 @@ def fuse_batchnorm(module:torch.nn.Module) -> torch.nn.Module:
     # dynamic padding) cannot be traced and runs as it is
     try: return fuse(module)
     except Exception: return module
+
+def model_version(config:dict) -> str:
+    "The version a model's answers carry: config.json's `version` (set by `package_model`), else `unversioned`."
+    return str(config.get("version", config.get("model_version", "unversioned")))
 
 def face_sharpness(crop:np.ndarray) -> float:
     "Variance of the Laplacian of a face crop's grey levels: falls as a video is recompressed harder or downscaled."
@@ -57,7 +61,7 @@ class DeepfakeDetector:
         self.face_size = int(cfg.get("face_size", DEFAULTS.face_size))
         self.margin = float(cfg.get("margin", DEFAULTS.face_margin))
         self.frames = int(cfg.get("frames_per_video", DEFAULTS.frames_per_video))
-        self.version = str(cfg.get("version", cfg.get("model_version", "unversioned")))
+        self.version = model_version(cfg)
         # a packaged model carries its detector weights; a training folder uses the installed ones
         root = model_dir if (model_dir/"blazeface").is_dir() else None
         self.faces = FaceDetector(cfg.get("detector", DEFAULTS.detector), device=device, weights_root=root)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import atomic_write_text
+from .core import Range, atomic_write_text, check_setting
 
 # %% auto #0
 __all__ = ['STATISTICS', 'WATCHED', 'BASELINE_FORMAT', 'MONITOR_COMMAND', 'answer_statistics', 'validation_baseline',
@@ -89,7 +89,8 @@ def model_baseline(model:str|Path) -> tuple[dict, str]:
                          "before training wrote one: retrain it (deepfake-mlops train) and deploy that model")
     if baseline.get("format") != BASELINE_FORMAT:
         raise ValueError(f"{model}: baseline.json has format {baseline.get('format')!r}, this version reads {BASELINE_FORMAT}; retrain the model")
-    return baseline, str(cfg.get("version", cfg.get("model_version", "unversioned")))
+    from deepfake_mlops.inference import model_version
+    return baseline, model_version(cfg)
 
 # %% ../nbs/12b_monitor.ipynb #72f72748
 def _s3_files(prefix:str) -> list[tuple[str, callable]]:
@@ -176,6 +177,10 @@ def psi(expected, # the baseline's values
     return float(np.sum((a - e) * np.log(a / e)))
 
 # %% ../nbs/12b_monitor.ipynb #8b0ede1b
+# a p-value and shares are from 0 to 1; a window needs a value to test, PSI two bins
+_DRIFT_RANGES = dict(alpha=Range(0, 1, above=True), psi_limit=Range(0, 100), outside_limit=Range(0, 1), tail=Range(0, 0.5, above=True),
+                     min_answers=Range(1, 10**6, integer=True), bins=Range(2, 1000, integer=True))
+
 @dataclass(frozen=True)
 class DriftOptions:
     "When a window's statistic counts as shifted: KS p-value under `alpha`, PSI over `psi_limit`, and over `outside_limit` outside the baseline."
@@ -185,6 +190,8 @@ class DriftOptions:
     tail:float = 0.05 # the baseline's range is its `tail` to `1 - tail` quantiles
     min_answers:int = 4 # fewer verdicts in a window: reported, not tested (too few to reach alpha)
     bins:int = 10 # PSI bins at most
+    def __post_init__(self):
+        for name, allowed in _DRIFT_RANGES.items(): check_setting(f"{name} (monitor --{name.replace('_', '-')})", getattr(self, name), allowed)
 
 def outside_share(baseline, values, side:str="both", tail:float=0.05) -> float:
     "The share of `values` below the baseline's `tail` quantile (`side` 'low'), above its `1 - tail` one ('high'), or either ('both')."
