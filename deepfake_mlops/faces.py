@@ -102,7 +102,7 @@ def as_stored(crop:np.ndarray, quality:int=DEFAULTS.crop_jpeg_quality) -> np.nda
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(encode_crop(crop, quality), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 INDEX_COLUMNS = ["video_id", "relpath", "label", "method", "identities", "group", "dataset", "split", "frame_index", "timestamp",
-                 "face", "track", "main", "score", "x0", "y0", "x1", "y1", "keypoints", "crop_path"]
+                 "qp", "face", "track", "main", "score", "x0", "y0", "x1", "y1", "keypoints", "crop_path"]
 VIDEO_META = ["video_id", "relpath", "label", "method", "identities", "group", "dataset", "split"]
 # in the shards layout: where a crop's bytes are (shard path in the folder, byte offset, length), and its video's landmarks.npz
 SHARD_COLUMNS = ["shard", "offset", "size", "landmarks_offset", "landmarks_size"]
@@ -111,7 +111,7 @@ def _face_rows(meta, frame, dets, ids, main, crops, face_size, margin, jpeg_qual
     "Index rows of one frame; its main-person crop goes into `crops` (member name -> JPEG bytes)."
     rows = []
     if len(dets) == 0:
-        return [dict(meta, frame_index=frame.index, timestamp=round(frame.timestamp, 3), face=-1, track=-1,
+        return [dict(meta, frame_index=frame.index, timestamp=round(frame.timestamp, 3), qp=frame.qp, face=-1, track=-1,
                      main=False, score=np.nan, x0=np.nan, y0=np.nan, x1=np.nan, y1=np.nan, keypoints="", crop_path="")]
     for rank, k in enumerate(np.argsort(-dets[:, -1])):
         d, t = dets[k], int(ids[k])
@@ -120,7 +120,7 @@ def _face_rows(meta, frame, dets, ids, main, crops, face_size, margin, jpeg_qual
             crop_path = f"crops/{meta['video_id']}/{frame.index:06d}.jpg"
             crops[crop_path] = encode_crop(crop_square(frame.image, d[:4], face_size, margin), jpeg_quality)
         kps = np.round(d[4:16].astype(np.float64).reshape(6, 2), 1).tolist()
-        rows.append(dict(meta, frame_index=frame.index, timestamp=round(frame.timestamp, 3), face=rank, track=t,
+        rows.append(dict(meta, frame_index=frame.index, timestamp=round(frame.timestamp, 3), qp=frame.qp, face=rank, track=t,
                          main=t == main, score=round(float(d[-1]), 4), x0=round(float(d[0]), 1), y0=round(float(d[1]), 1),
                          x1=round(float(d[2]), 1), y1=round(float(d[3]), 1), keypoints=json.dumps(kps), crop_path=crop_path))
     return rows

@@ -112,7 +112,7 @@ class DeepfakeDetector:
         late = [key for key in picked if key not in probs]  # faces only the later detectors found
         crops.update({(i, k): self._crop(seen[i].image, dets[i][k]) for i, k in late})
         probs.update(zip(late, self.score_crops([crops[key] for key in late])))
-        rows = [dict(index=int(seen[i].index), timestamp=round(float(seen[i].timestamp), 3),
+        rows = [dict(index=int(seen[i].index), timestamp=round(float(seen[i].timestamp), 3), qp=seen[i].qp,
                      box=[round(float(v), 1) for v in dets[i][k][:4]], face_score=round(float(dets[i][k][-1]), 4),
                      sharpness=round(face_sharpness(crops[i, k]), 1), probability=round(float(probs[i, k]), 4))
                 for i, k in picked]

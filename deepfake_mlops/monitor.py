@@ -24,10 +24,13 @@ __all__ = ['STATISTICS', 'WATCHED', 'BASELINE_FORMAT', 'MONITOR_COMMAND', 'answe
 # %% ../nbs/12b_monitor.ipynb #5caad102
 STATISTICS = {  # name -> what it measures, for reports
     "probability": "video fake probability", "face_width": "face width (px)",
-    "face_score": "detector face score", "sharpness": "face sharpness (Laplacian variance)"}
-# the side of the baseline's range where a statistic hurts: smaller, less certain, blurrier faces than the model was
-# validated on are a risk, larger and sharper ones are not; the verdict's probability is watched on both sides
-WATCHED = {"probability": "both", "face_width": "low", "face_score": "low", "sharpness": "low"}
+    "face_score": "detector face score", "sharpness": "face sharpness (Laplacian variance)",
+    "qp": "H.264 quantiser (QP)"}
+# the side of the baseline's range where a statistic hurts: smaller, less certain, blurrier, harder compressed faces than
+# the model was validated on are a risk, larger, sharper and finer ones are not; the probability is watched on both sides
+WATCHED = {"probability": "both", "face_width": "low", "face_score": "low", "sharpness": "low", "qp": "high"}
+
+def _round(v, digits=4): return None if v is None or math.isnan(v) else round(float(v), digits)
 
 def _median(values) -> float:
     values = [float(v) for v in values if v is not None]
@@ -41,6 +44,7 @@ def answer_statistics(answer:dict) -> dict:
                 face_width=_median([r["box"][2] - r["box"][0] for r in rows if "box" in r]),
                 face_score=_median([r.get("face_score") for r in rows]),
                 sharpness=_median([r.get("sharpness") for r in rows]),
+                qp=_median([r.get("qp") for r in rows]),
                 face_share=len(rows) / examined if examined else float("nan"))
 
 # %% ../nbs/12b_monitor.ipynb #dc28e5c9
@@ -57,10 +61,12 @@ def validation_baseline(val_frames, # validation crops with their uncalibrated `
     from deepfake_mlops.inference import face_sharpness
     frames = val_frames.assign(prob=calibrate(val_frames["prob"], calibration), width=val_frames["x1"] - val_frames["x0"],
                                sharpness=[face_sharpness(crop_image(r)) for r in val_frames.to_dict("records")])
+    if "qp" not in frames: frames = frames.assign(qp=np.nan)  # an extraction made before frames carried their quantiser
     videos = frames.groupby("video_id", sort=True).agg(probability=("prob", "mean"), face_width=("width", "median"),
                                                        face_score=("score", "median"), sharpness=("sharpness", "median"),
-                                                       crops=("prob", "size"))
-    stats = {name: [round(float(v), 4) for v in videos[name]] for name in STATISTICS}
+                                                       qp=("qp", "median"), crops=("prob", "size"))
+    # None (JSON null) where a video has no value: a video in another codec has no H.264 quantiser
+    stats = {name: [_round(v) for v in videos[name]] for name in STATISTICS}
     if frames_per_video: stats["face_share"] = [round(min(1.0, n / frames_per_video), 4) for n in videos["crops"]]
     return dict(format=BASELINE_FORMAT, videos=len(videos), threshold=float(threshold),
                 fake_share=round(float((videos["probability"] >= threshold).mean()), 4), statistics=stats)
@@ -215,8 +221,6 @@ def compare(baseline, values, options:DriftOptions=DriftOptions(), side:str="bot
     out["shifted"] = bool(test.pvalue < options.alpha and out["psi"] > options.psi_limit and out["outside"] > options.outside_limit)
     return out
 
-def _round(v, digits=4): return None if v is None or math.isnan(v) else round(float(v), digits)
-
 # %% ../nbs/12b_monitor.ipynb #f33ccd07
 def window_seconds(text:str) -> int:
     "`30m`, `1h`, `6h`, `1d`, `7d` as seconds."
@@ -232,7 +236,8 @@ def window_report(records:list[dict], baseline:dict, options:DriftOptions=DriftO
     stats = [answer_statistics(a) for a in answers]
     latency = [r["latency_ms"] for r in records if r["latency_ms"] is not None]
     threshold = baseline["threshold"]
-    tests = {name: compare(baseline["statistics"][name], [s[name] for s in stats], options, WATCHED[name]) for name in STATISTICS}
+    # a baseline written before a statistic was recorded has none of it: that statistic is reported as too few to test
+    tests = {name: compare(baseline["statistics"].get(name, []), [s[name] for s in stats], options, WATCHED[name]) for name in STATISTICS}
     return dict(requests=len(records), errors=sum(r["status"] != 200 for r in records), answers=len(answers),
                 no_face_share=_round(sum(map(_no_face, records)) / len(records)) if records else None,
                 latency_ms_p50=_round(np.percentile(latency, 50), 1) if latency else None,
@@ -280,7 +285,8 @@ def monitor(capture:str|Path, # a capture folder or s3:// prefix
 def _pooled(records, baseline) -> dict:
     "Every answer's statistics and the baseline's, for the report's plots (not written to monitor.json)."
     stats = [answer_statistics(r["answer"]) for r in records if r["status"] == 200 and "probability" in r["answer"]]
-    return {name: dict(baseline=baseline["statistics"][name], capture=[s[name] for s in stats]) for name in STATISTICS}
+    known = lambda values: [v for v in values if v is not None and not math.isnan(v)]
+    return {name: dict(baseline=known(baseline["statistics"].get(name, [])), capture=known([s[name] for s in stats])) for name in STATISTICS}
 
 # %% ../nbs/12b_monitor.ipynb #3240c76e
 def summary(report:dict) -> str:
@@ -328,10 +334,10 @@ def _plots(report:dict) -> list[tuple[str, str]]:
     out = [("requests per window", _png(fig))]
     for name, v in report["_values"].items():
         fig, ax = plt.subplots(figsize=(5, 2.6))
-        both = [a for a in v["baseline"] + v["capture"] if a is not None and not math.isnan(a)]
+        both = v["baseline"] + v["capture"]
         edges = np.histogram_bin_edges(both, bins=20) if both else 10
         ax.hist(v["baseline"], edges, density=True, alpha=0.5, label="validation baseline")
-        ax.hist([a for a in v["capture"] if not math.isnan(a)], edges, density=True, alpha=0.5, label="capture")
+        ax.hist(v["capture"], edges, density=True, alpha=0.5, label="capture")
         ax.set_xlabel(STATISTICS[name])
         ax.legend(fontsize=8)
         out.append((STATISTICS[name], _png(fig)))

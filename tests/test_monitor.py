@@ -62,18 +62,17 @@ def _capture(start_server, tar, folder:Path, videos) -> Path:
 
 @pytest.fixture(scope="module")
 def captures(monitored, datasets, start_server, tmp_path_factory):
-    "Capture folders of the FF++ test videos as they are, downscaled to 360p, and of the DFDC sample."
+    "Capture folders of the FF++ test videos as they are, re-encoded at CRF 35, downscaled to 360p, and of the DFDC sample."
     from deepfake_mlops.robustness import degrade_dataset
     _, tar, test = monitored
     work = tmp_path_factory.mktemp("captures")
-    # CRF 35 is not among them: whether the faces' sharpness falls with it depends on x264's preset (veryfast: an
-    # eighth lower; superfast: unchanged; ultrafast, which turns deblocking off: higher), and no statistic the answers
-    # carry leaves the baseline's range (nbs/12b_monitor.ipynb has the figures)
     videos = {"ffpp": list(test["path"]), "dfdc": sorted((datasets/"dfdc").rglob("*.mp4"))}
-    # ultrafast: the faces only need to be smaller, not well encoded (3x faster than veryfast here)
-    copies = degrade_dataset(test, work/"degraded", "360p", workers=2, progress=False, preset="ultrafast")
-    assert (copies["status"] != "failed").all(), copies
-    videos["360p"] = list(copies["path"])
+    # ultrafast: the copies only need to be harder compressed or smaller, not well encoded (3x faster than veryfast here);
+    # its quantisers are those of any x264 preset at the same CRF, its sharpness is not (no deblocking: nbs/12b_monitor.ipynb)
+    for name in ("crf35", "360p"):
+        copies = degrade_dataset(test, work/"degraded", name, workers=2, progress=False, preset="ultrafast")
+        assert (copies["status"] != "failed").all(), copies
+        videos[name] = list(copies["path"])
     return {name: _capture(start_server, tar, work/name, v) for name, v in videos.items()}
 
 
@@ -89,8 +88,9 @@ def test_a_trained_model_keeps_its_validation_baseline_and_packs_it(monitored):
     baseline = json.loads(text)
     split = pd.read_csv(folder/"split.csv")
     assert baseline["videos"] == (split["split"] == "val").sum()
-    for name in ("probability", "face_width", "face_score", "sharpness"):
+    for name in ("probability", "face_width", "face_score", "sharpness", "qp"):
         assert len(baseline["statistics"][name]) == baseline["videos"], name
+    assert all(10 < q < 45 for q in baseline["statistics"]["qp"])  # every FF++ video is H.264 (c23)
     assert all(0 <= p <= 1 for p in baseline["statistics"]["probability"])
     assert len(text) < 8000, len(text)  # per-video values only
     with tarfile.open(tar) as t: assert t.extractfile("baseline.json").read().decode() == text
@@ -106,7 +106,7 @@ def test_the_ffpp_test_videos_raise_no_alarm(monitored, captures, tmp_path):
     assert window["latency_ms_p50"] > 0 and all(t["p"] is not None for t in window["statistics"].values())
     assert "no drift" in proc.stdout
     html = (tmp_path/"monitor.html").read_text()
-    assert html.count("data:image/png;base64,") == 5  # the counts and the four statistics, embedded
+    assert html.count("data:image/png;base64,") == 6  # the counts and the five statistics, embedded
 
 
 def test_a_360p_rendition_raises_an_alarm_naming_the_face_width(monitored, captures, tmp_path):
@@ -115,6 +115,17 @@ def test_a_360p_rendition_raises_an_alarm_naming_the_face_width(monitored, captu
     assert proc.returncode == 1, describe(proc)
     assert "face_width" in report["alarm"]["windows"][0]["statistics"]
     assert "ALARM: face_width" in proc.stdout
+
+
+def test_a_crf35_reencode_raises_an_alarm_naming_the_quantiser(monitored, captures, tmp_path):
+    _, tar, _ = monitored
+    proc, report = _monitor(captures["crf35"], tar, tmp_path)
+    assert proc.returncode == 1, describe(proc)
+    window = report["windows"][0]
+    assert "qp" in report["alarm"]["windows"][0]["statistics"], window["statistics"]
+    # re-encoded harder: a higher quantiser than any but the baseline's top 5%, in most videos
+    assert window["statistics"]["qp"]["median"] > window["statistics"]["qp"]["baseline_median"] + 5
+    assert "ALARM: " in proc.stdout and "qp" in proc.stdout
 
 
 def test_the_dfdc_sample_raises_an_alarm_naming_what_shifted(monitored, captures, tmp_path):
