@@ -207,7 +207,10 @@ def _predict(args):
             failed += 1
             results.append(dict(video=str(video), error=str(e)))
     if args.json: print(json.dumps(results, indent=2))
-    else: _print_verdicts(results, f"threshold {detector.threshold:.3f}, model {detector.version}")
+    else:
+        _print_verdicts(results, f"threshold {detector.threshold:.3f}, model {detector.version}")
+        maps = sum(len(r.get("explanations", [])) for r in results)
+        if args.explain: print(f"{maps} heat maps in {args.explain} (a folder a video: NNN-<video>/frame-<index>.png)")
     return 1 if failed else 0
 
 def _print_verdicts(results:list[dict], footer:str):

@@ -47,6 +47,9 @@ def test_predict_explain_writes_the_most_suspicious_faces_as_png(demo_model, cli
         assert path.parent.parent == tmp_path/"maps" and path.name == f"frame-{m['index']:06d}.png", path
         assert _png_side(path.read_bytes()) == (224, 224, 3)
         assert "png" not in m  # written to a file, not repeated inline
+    table = run_cli("predict", tar, clip, "--explain", tmp_path/"again", "--explain-faces", 2)
+    assert table.returncode == 0 and f"2 heat maps in {tmp_path/'again'}" in table.stdout, describe(table)
+    assert len(list((tmp_path/"again").rglob("frame-*.png"))) == 2
 
 
 def test_the_server_returns_heat_maps_when_asked_and_only_then(demo_model, start_server, clip):
