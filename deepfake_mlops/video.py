@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 import numpy as np
 
 from .core import DEFAULTS, atomic_path
@@ -54,6 +55,10 @@ def _open(path):
     if path.is_dir(): raise VideoError(path, "is a directory, not a video file")
     if not path.exists(): raise VideoError(path, "file not found")
     if path.stat().st_size == 0: raise VideoError(path, "empty file (0 bytes)")
+    # PyAV's default: FFmpeg's messages dropped without taking the GIL. Importing torchvision sets a level, which
+    # hands them to Python: a decoder thread that logs while the thread holding the GIL waits for it to end (closing
+    # the codec) then waits for the GIL forever. Seen as TorchServe workers hanging under torchvision 0.21.
+    av.logging.set_level(None)
     try: container = av.open(str(path))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e: raise VideoError(path, f"cannot open as a video ({e})") from e
     if not container.streams.video:
