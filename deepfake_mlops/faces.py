@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .core import DEFAULTS, Range, atomic_path, atomic_write_text, check_setting
-from .video import VideoError, sample_frames
+from .video import VideoError, sample_frames, video_qp
 from .blazeface import FaceDetector
 from .landmarks import FaceLandmarker, landmark_weights_path
 from .manifest import write_manifest
@@ -111,7 +111,7 @@ def _face_rows(meta, frame, dets, ids, main, crops, face_size, margin, jpeg_qual
     "Index rows of one frame; its main-person crop goes into `crops` (member name -> JPEG bytes)."
     rows = []
     if len(dets) == 0:
-        return [dict(meta, frame_index=frame.index, timestamp=round(frame.timestamp, 3), qp=frame.qp, face=-1, track=-1,
+        return [dict(meta, frame_index=frame.index, timestamp=round(frame.timestamp, 3), face=-1, track=-1,
                      main=False, score=np.nan, x0=np.nan, y0=np.nan, x1=np.nan, y1=np.nan, keypoints="", crop_path="")]
     for rank, k in enumerate(np.argsort(-dets[:, -1])):
         d, t = dets[k], int(ids[k])
@@ -120,7 +120,7 @@ def _face_rows(meta, frame, dets, ids, main, crops, face_size, margin, jpeg_qual
             crop_path = f"crops/{meta['video_id']}/{frame.index:06d}.jpg"
             crops[crop_path] = encode_crop(crop_square(frame.image, d[:4], face_size, margin), jpeg_quality)
         kps = np.round(d[4:16].astype(np.float64).reshape(6, 2), 1).tolist()
-        rows.append(dict(meta, frame_index=frame.index, timestamp=round(frame.timestamp, 3), qp=frame.qp, face=rank, track=t,
+        rows.append(dict(meta, frame_index=frame.index, timestamp=round(frame.timestamp, 3), face=rank, track=t,
                          main=t == main, score=round(float(d[-1]), 4), x0=round(float(d[0]), 1), y0=round(float(d[1]), 1),
                          x1=round(float(d[2]), 1), y1=round(float(d[3]), 1), keypoints=json.dumps(kps), crop_path=crop_path))
     return rows
@@ -148,8 +148,9 @@ def video_crops(video:dict, # a manifest row (needs video_id, path and the VIDEO
                 decode_threads:int=0,
                ) -> tuple[pd.DataFrame, list[tuple[str, bytes]]]:
     "Sample, detect, track and crop one video in memory: its index rows, and its files as (member name, bytes), landmarks first."
-    meta = {k: video.get(k, "") for k in VIDEO_META}
     sampled = sample_frames(video["path"], frames, threads=decode_threads)
+    # the video's quantiser on every row, as serving reports it: what monitoring compares re-encoded traffic with
+    meta = {k: video.get(k, "") for k in VIDEO_META} | dict(qp=video_qp(video["path"]))
     dets = face_detector([f.image for f in sampled])
     ids = link_tracks(dets)
     main = main_track(dets, ids)

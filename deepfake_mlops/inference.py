@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .core import DEFAULTS, IMAGE_TYPES, JSON_TYPE, MAX_EXPLAIN, VIDEO_TYPES, atomic_path
-from .video import Frame, VideoError, iter_frames, prefetch
+from .video import Frame, VideoError, iter_frames, prefetch, video_qp
 from .blazeface import FaceDetector, MODELS as DETECTOR_MODELS, detector_weights_path
 from .faces import as_stored, crop_square, link_tracks, main_track
 from .model import load_model, normalize
@@ -112,7 +112,7 @@ class DeepfakeDetector:
         late = [key for key in picked if key not in probs]  # faces only the later detectors found
         crops.update({(i, k): self._crop(seen[i].image, dets[i][k]) for i, k in late})
         probs.update(zip(late, self.score_crops([crops[key] for key in late])))
-        rows = [dict(index=int(seen[i].index), timestamp=round(float(seen[i].timestamp), 3), qp=seen[i].qp,
+        rows = [dict(index=int(seen[i].index), timestamp=round(float(seen[i].timestamp), 3),
                      box=[round(float(v), 1) for v in dets[i][k][:4]], face_score=round(float(dets[i][k][-1]), 4),
                      sharpness=round(face_sharpness(crops[i, k]), 1), probability=round(float(probs[i, k]), 4))
                 for i, k in picked]
@@ -141,7 +141,7 @@ class DeepfakeDetector:
         # faster) hung now and then under torch 2.6, the SageMaker container's (not in 24 videos under torch 2.14)
         with contextlib.closing(prefetch(iter_frames(path, self.frames))) as frames:
             looked = self._look(frames)
-        return self._verdict(*looked, "sampled frames", explain)
+        return self._verdict(*looked, "sampled frames", explain) | dict(qp=video_qp(path))
 
     def predict_image(self, image:np.ndarray, explain:int=0) -> dict:
         "Verdict for one RGB image: a frame with a face in it, or a face crop."

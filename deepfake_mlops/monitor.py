@@ -44,7 +44,7 @@ def answer_statistics(answer:dict) -> dict:
                 face_width=_median([r["box"][2] - r["box"][0] for r in rows if "box" in r]),
                 face_score=_median([r.get("face_score") for r in rows]),
                 sharpness=_median([r.get("sharpness") for r in rows]),
-                qp=_median([r.get("qp") for r in rows]),
+                qp=float("nan") if answer.get("qp") is None else float(answer["qp"]),
                 face_share=len(rows) / examined if examined else float("nan"))
 
 # %% ../nbs/12b_monitor.ipynb #dc28e5c9
@@ -61,7 +61,7 @@ def validation_baseline(val_frames, # validation crops with their uncalibrated `
     from deepfake_mlops.inference import face_sharpness
     frames = val_frames.assign(prob=calibrate(val_frames["prob"], calibration), width=val_frames["x1"] - val_frames["x0"],
                                sharpness=[face_sharpness(crop_image(r)) for r in val_frames.to_dict("records")])
-    if "qp" not in frames: frames = frames.assign(qp=np.nan)  # an extraction made before frames carried their quantiser
+    if "qp" not in frames: frames = frames.assign(qp=np.nan)  # an extraction made before the index carried the video's quantiser
     videos = frames.groupby("video_id", sort=True).agg(probability=("prob", "mean"), face_width=("width", "median"),
                                                        face_score=("score", "median"), sharpness=("sharpness", "median"),
                                                        qp=("qp", "median"), crops=("prob", "size"))

@@ -19,8 +19,8 @@ import numpy as np
 from .core import DEFAULTS, atomic_path
 
 # %% auto #0
-__all__ = ['VideoError', 'VideoInfo', 'Frame', 'probe', 'upright', 'target_times', 'frame_qp', 'iter_frames', 'sample_frames',
-           'read_frames_at', 'write_video', 'tag_rotation', 'prefetch']
+__all__ = ['VideoError', 'VideoInfo', 'Frame', 'probe', 'upright', 'target_times', 'frame_qp', 'video_qp', 'iter_frames',
+           'sample_frames', 'read_frames_at', 'write_video', 'tag_rotation', 'prefetch']
 
 # %% ../nbs/02_video.ipynb #bebf5185
 class VideoError(Exception):
@@ -43,11 +43,10 @@ class VideoInfo:
 
 @dataclass
 class Frame:
-    "One decoded frame: its index in the full frame sequence, its time, the upright RGB image and its quantiser."
+    "One decoded frame: its index in the full frame sequence, its time, and the upright RGB image."
     index: int
     timestamp: float
     image: np.ndarray = field(repr=False)  # H x W x 3 uint8 RGB, rotation applied
-    qp: float|None = None  # how hard the frame was compressed: its H.264 quantiser (`frame_qp`); None for other codecs
 
 # %% ../nbs/02_video.ipynb #f26ad593
 def _open(path):
@@ -113,15 +112,32 @@ def frame_qp(frame:av.VideoFrame) -> float|None:
     for data in frame.side_data:
         if data.type.name == "VIDEO_ENC_PARAMS" and data.codec_type == _H264_PARAMS and data.nb_blocks:
             # each block is FFmpeg's AVVideoBlockParams {int src_x, src_y, w, h; int32_t delta_qp}: read the deltas at
-            # once (PyAV's qp_map builds the map block by block, 20x slower: 8% more decoding time at 32 frames a video)
+            # once (PyAV's qp_map builds the map block by block, 20x slower)
             blocks = np.frombuffer(data, np.uint8, data.nb_blocks * data.block_size, data.blocks_offset).reshape(data.nb_blocks, -1)
             return round(data.qp + float(blocks[:, 16:20].copy().view(np.int32).mean()), 2)  # H.264's blocks: all 16 x 16
     return None
 
+def video_qp(path:str|Path, # video file
+             frames:int=8, # reference frames read from the start
+            ) -> float|None:
+    "How hard a video was compressed: the median quantiser of its first `frames` reference frames; None where it has none."
+    qps = []
+    try:
+        with _open(path) as c:
+            s = c.streams.video[0]
+            # one decoder thread: FFmpeg's frame threads export some frames' quantisers before they are final
+            s.thread_count, s.codec_context.skip_frame = 1, "NONREF"
+            _export_qp(s)
+            for f in c.decode(s):
+                qps.append(frame_qp(f))
+                if qps[-1] is None: return None  # not H.264
+                if len(qps) == frames: break
+    except av.FFmpegError: pass  # a truncated file: what decoded
+    return round(float(np.median(qps)), 2) if qps else None
+
 class _FrameToConvert(Frame):
     "A `Frame` whose RGB image is converted from the decoded picture when first read, by the thread that reads it."
-    def __init__(self, index, timestamp, decoded):
-        self.index, self.timestamp, self._decoded, self._image, self.qp = index, timestamp, decoded, None, frame_qp(decoded)
+    def __init__(self, index, timestamp, decoded): self.index, self.timestamp, self._decoded, self._image = index, timestamp, decoded, None
     @property
     def image(self) -> np.ndarray:
         if self._image is None: self._image, self._decoded = _rgb(self._decoded), None
@@ -139,7 +155,6 @@ def iter_frames(path:str|Path, # video file
         s.thread_type = "AUTO"
         if threads: s.thread_count = threads
         if skip_nonref: s.codec_context.skip_frame = "NONREF"
-        _export_qp(s)
         start = s.start_time or 0
         fps = float(s.average_rate or s.guessed_rate or 0)
         duration = float(s.duration * s.time_base) if s.duration else (c.duration or 0) / 1e6
@@ -147,7 +162,7 @@ def iter_frames(path:str|Path, # video file
             yield from _sample_unknown_length(path, n, skip_nonref, threads)
             return
         targets = target_times(n, 0.0, duration)
-        frame_at = (lambda f, t: _FrameToConvert(_index_of(t, fps), t, f)) if lazy else (lambda f, t: Frame(_index_of(t, fps), t, _rgb(f), frame_qp(f)))
+        frame_at = (lambda f, t: _FrameToConvert(_index_of(t, fps), t, f)) if lazy else (lambda f, t: Frame(_index_of(t, fps), t, _rgb(f)))
         given, prev, prev_t, k = set(), None, None, 0  # given: times of the frames yielded (each frame once)
         try:
             for frame in c.decode(s):
@@ -187,10 +202,9 @@ def _sample_unknown_length(path, n, skip_nonref, threads):
         s = c.streams.video[0]
         if skip_nonref: s.codec_context.skip_frame = "NONREF"
         fps = float(s.average_rate or s.guessed_rate or 0)
-        _export_qp(s)
         for f in c.decode(s):
             t = _frame_time(f, s, s.start_time or 0)
-            if t in keep: frames.append(Frame(_index_of(t, fps), t, _rgb(f), frame_qp(f)))
+            if t in keep: frames.append(Frame(_index_of(t, fps), t, _rgb(f)))
     return frames
 
 # %% ../nbs/02_video.ipynb #3f7136f8
@@ -199,12 +213,11 @@ def read_frames_at(path:str|Path, indices, rotate:bool=True) -> list[Frame]:
     wanted, out = set(int(i) for i in indices), []
     with _open(path) as c:
         s = c.streams.video[0]; s.thread_type = "AUTO"
-        _export_qp(s)
         start, fps = s.start_time or 0, float(s.average_rate or 0)
         for i, f in enumerate(c.decode(s)):
             if i in wanted:
                 img = f.to_ndarray(format="rgb24")
-                out.append(Frame(i, _frame_time(f, s, start), upright(img, f.rotation or 0) if rotate else img, frame_qp(f)))
+                out.append(Frame(i, _frame_time(f, s, start), upright(img, f.rotation or 0) if rotate else img))
             if i >= max(wanted): break
     return out
 
