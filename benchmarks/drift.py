@@ -7,28 +7,27 @@ share beyond the baseline's range on the watched side, and the statistics that r
 
     .venv/bin/python benchmarks/drift.py --data ../shared/datasets [--preset veryfast] [--work DIR]
 """
-import argparse, json, os, platform, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, platform, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import pandas as pd
 
-from capture import _start  # the same server start as the capture benchmark
+from capture import _post, _start  # the capture benchmark's server start and request
 
 CLI = str(Path(sys.executable).parent/"deepfake-mlops")
 VERSION = "drift-1"
 
-def _run(*args):
+def _run(*args, ok=(0,)):
+    "Run the CLI; `ok`: the exit statuses that are results (monitor's 1 is an alarm, extract's 1 a failed video)."
     proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True)
-    if proc.returncode not in (0, 1): sys.exit(f"deepfake-mlops {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
+    if proc.returncode not in ok: sys.exit(f"deepfake-mlops {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
     return proc
 
 def _capture(tar, folder:Path, videos) -> Path:
     "Serve `tar` with --capture FOLDER, post every video, wait for a line per request, stop the server."
     proc, url = _start(tar, ("--capture", folder))
     try:
-        for v in videos:
-            req = urllib.request.Request(url + "/invocations", data=Path(v).read_bytes(), headers={"Content-Type": "video/mp4"})
-            with urllib.request.urlopen(req, timeout=600) as r: r.read()
+        for v in videos: _post(url, Path(v).read_bytes())
         deadline = time.time() + 30
         while sum(f.read_text().count("\n") for f in folder.rglob("*.jsonl")) < len(videos) and time.time() < deadline: time.sleep(0.1)
     finally: proc.terminate(); proc.wait(10)
@@ -68,7 +67,7 @@ def main():
              + " | ".join(f"{med(baseline['statistics'].get(n, [])):.3g}" for n in STATISTICS) + " | |"]
     for i, (label, videos) in enumerate(sets.items()):
         folder = _capture(tar, work/"capture"/str(i), videos)
-        proc = _run("monitor", folder, "--model", tar, "--out", work/"report"/str(i), "--window", "1d")
+        proc = _run("monitor", folder, "--model", tar, "--out", work/"report"/str(i), "--window", "1d", ok=(0, 1))
         w = json.loads((work/"report"/str(i)/"monitor.json").read_text())["windows"][0]
         lines.append(f"| {label} | {w['answers']} | {w['fake_share']:.0%} | " + " | ".join(_cell(w["statistics"][n]) for n in STATISTICS)
                      + f" | {', '.join(w['shifted']) or 'none'} (exit {proc.returncode}) |")

@@ -32,6 +32,10 @@ WATCHED = {"probability": "both", "face_width": "low", "face_score": "low", "sha
 
 def _round(v, digits=4): return None if v is None or math.isnan(v) else round(float(v), digits)
 
+def _known(values) -> list[float]:
+    "The values that are there: neither None (JSON null) nor NaN."
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
+
 def _median(values) -> float:
     values = [float(v) for v in values if v is not None]
     return float(np.median(values)) if values else float("nan")
@@ -209,8 +213,7 @@ def outside_share(baseline, values, side:str="both", tail:float=0.05) -> float:
 def compare(baseline, values, options:DriftOptions=DriftOptions(), side:str="both") -> dict:
     "KS test, PSI and share outside the baseline's range of a window's values of one statistic; `shifted` by `options`."
     from scipy.stats import ks_2samp
-    baseline = np.asarray([v for v in baseline if v is not None and not math.isnan(v)], float)
-    values = np.asarray([v for v in values if not math.isnan(v)], float)
+    baseline, values = np.asarray(_known(baseline), float), np.asarray(_known(values), float)
     out = dict(n=len(values), baseline_n=len(baseline), median=_round(np.median(values)) if len(values) else None,
                baseline_median=_round(np.median(baseline)) if len(baseline) else None, psi=None, ks=None, p=None,
                outside=None, side=side, shifted=False)
@@ -285,8 +288,7 @@ def monitor(capture:str|Path, # a capture folder or s3:// prefix
 def _pooled(records, baseline) -> dict:
     "Every answer's statistics and the baseline's, for the report's plots (not written to monitor.json)."
     stats = [answer_statistics(r["answer"]) for r in records if r["status"] == 200 and "probability" in r["answer"]]
-    known = lambda values: [v for v in values if v is not None and not math.isnan(v)]
-    return {name: dict(baseline=known(baseline["statistics"].get(name, [])), capture=known([s[name] for s in stats])) for name in STATISTICS}
+    return {name: dict(baseline=_known(baseline["statistics"].get(name, [])), capture=_known([s[name] for s in stats])) for name in STATISTICS}
 
 # %% ../nbs/12b_monitor.ipynb #3240c76e
 def summary(report:dict) -> str:
